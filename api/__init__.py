@@ -1,0 +1,1 @@
+"""The HTTP door: FastAPI app, routers and middleware over `shared`."""

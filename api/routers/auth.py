@@ -1,0 +1,5 @@
+"""Routes: auth (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Routes: chat (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

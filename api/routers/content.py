@@ -1,0 +1,5 @@
+"""Routes: content (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

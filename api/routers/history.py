@@ -1,0 +1,5 @@
+"""Routes: history (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

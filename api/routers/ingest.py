@@ -1,0 +1,5 @@
+"""Routes: ingest (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

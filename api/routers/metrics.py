@@ -1,0 +1,5 @@
+"""Routes: metrics (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

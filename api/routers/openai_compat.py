@@ -1,0 +1,5 @@
+"""Routes: openai_compat (being built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,15 @@
+"""Gunicorn worker class: `uvicorn_worker.UvicornWorker` without the `server` banner header."""
+
+from typing import Any, ClassVar
+
+from uvicorn_worker import UvicornWorker
+
+
+class LecternUvicornWorker(UvicornWorker):
+    """Uvicorn worker with our defaults (no server banner, no uvicorn access log: we log requests)."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        **UvicornWorker.CONFIG_KWARGS,
+        "server_header": False,
+        "access_log": False,
+    }

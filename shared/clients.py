@@ -1,0 +1,133 @@
+"""Factories for every external client, and `Services`: the bundle one process builds once.
+
+The API builds `Services` in its lifespan, the arq worker in `on_startup(ctx)`, the CLI in `main`;
+all through `build_services(settings, role=...)`, so each client is built one way only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx2
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from openai import AsyncOpenAI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.config import Settings, redact_url
+from shared.constants import QUEUE_NAME
+from shared.db.engine import SessionFactory, create_engine, create_session_factory
+from shared.logging import get_logger
+from shared.resilience import Resilience
+
+if TYPE_CHECKING:
+    from shared.vectorstore import VectorStore
+
+log = get_logger(__name__)
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """arq/redis connection settings for REDIS_URL or the embedded Redis unix socket."""
+    url = settings.effective_redis_url
+    if url.startswith("unix://"):
+        parts = urlsplit(url)
+        return RedisSettings(unix_socket_path=parts.path, conn_timeout=2, conn_retries=10, conn_retry_delay=1)
+    rs = RedisSettings.from_dsn(url)
+    rs.conn_timeout = 2
+    rs.conn_retries = 10
+    return rs
+
+
+async def create_redis(settings: Settings) -> ArqRedis:
+    """The Redis connection pool (an `ArqRedis`, usable for caches and for enqueueing jobs)."""
+    return await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
+
+
+def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
+    """The shared OpenAI client, or None in offline mode. Retries are ours (`shared.resilience`)."""
+    if settings.openai_api_key is None:
+        return None
+    timeout = httpx2.Timeout(settings.openai_timeout_s, connect=5.0)
+    return AsyncOpenAI(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        timeout=timeout,
+        max_retries=0,
+        http_client=httpx2.AsyncClient(
+            timeout=timeout,
+            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
+        ),
+    )
+
+
+def describe_upstreams(settings: Settings) -> dict[str, dict[str, str]]:
+    """Host and mode of each upstream, for the startup log (never credentials)."""
+    db_url = settings.sqlalchemy_url
+    db_host = "sqlite" if settings.uses_sqlite else (urlsplit(db_url).hostname or "?")
+    return {
+        "database": {"mode": "sqlite" if settings.uses_sqlite else "postgresql", "host": db_host},
+        "vector_store": {
+            "mode": "local" if settings.embedded_qdrant else "server",
+            "host": urlsplit(settings.qdrant_url).hostname or "?" if settings.qdrant_url else str(settings.qdrant_path),
+        },
+        "redis": {
+            "mode": "embedded" if settings.embedded_redis else "external",
+            "host": str(settings.redis_socket_path)
+            if settings.embedded_redis
+            else (urlsplit(settings.effective_redis_url).hostname or "?"),
+        },
+        "llm": {
+            "mode": "offline" if settings.offline else "openai",
+            "host": urlsplit(settings.openai_base_url or "https://api.openai.com/v1").hostname or "?",
+        },
+        "database_url": {"mode": "redacted", "host": redact_url(db_url)},
+    }
+
+
+@dataclass
+class Services:
+    """Everything a process talks to, built once and closed once."""
+
+    settings: Settings
+    role: str
+    engine: AsyncEngine
+    sessions: SessionFactory
+    redis: ArqRedis
+    openai: AsyncOpenAI | None
+    resilience: Resilience
+    vectorstore: VectorStore | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Close every client (errors are logged, never raised: shutdown must finish)."""
+        closers: list[Any] = []
+        if self.vectorstore is not None:
+            closers.append(self.vectorstore.close())
+        if self.openai is not None:
+            closers.append(self.openai.close())
+        closers.append(self.redis.close())
+        closers.append(self.engine.dispose())
+        for closer in closers:
+            try:
+                await closer
+            except Exception as exc:  # pragma: no cover - best effort on shutdown
+                log.warning("services.close_failed", error=type(exc).__name__)
+
+
+async def build_services(settings: Settings, *, role: str, resilience: Resilience | None = None) -> Services:
+    """Build the process's clients. Nothing connects eagerly except the Redis pool."""
+    engine = create_engine(settings)
+    services = Services(
+        settings=settings,
+        role=role,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        redis=await create_redis(settings),
+        openai=create_openai_client(settings),
+        resilience=resilience or Resilience(settings),
+    )
+    for name, info in describe_upstreams(settings).items():
+        if name != "database_url":
+            log.info("startup.upstream", upstream=name, **info)
+    return services

@@ -1,0 +1,25 @@
+"""Names shared by the API and the worker: queues, jobs, Redis keys, vector names."""
+
+from typing import Final
+
+SERVICE_NAME: Final = "lectern"
+
+# arq
+QUEUE_NAME: Final = "lectern:queue"
+HEALTH_CHECK_KEY: Final = "lectern:queue:health-check"
+JOB_INGEST: Final = "ingest_documents"
+
+# Redis key prefixes
+CIRCUIT_STATE_PREFIX: Final = "lectern:circuit:"
+SESSION_CACHE_PREFIX: Final = "lectern:auth:session:"
+CONTENT_CACHE_PREFIX: Final = "lectern:content:"
+RATE_LIMIT_PREFIX: Final = "lectern:ratelimit"
+VECTOR_RPC_PREFIX: Final = "lectern:vectorstore:"
+
+# Qdrant
+DENSE_VECTOR: Final = "dense"
+SPARSE_VECTOR: Final = "bm25"
+
+# Roles a process can report
+ROLE_API: Final = "api"
+ROLE_WORKER: Final = "worker"

@@ -1,0 +1,1 @@
+"""Database: SQLModel tables, the async engine/session helpers and Alembic migrations."""

@@ -1,0 +1,154 @@
+"""structlog set-up: JSON in production, console locally, configured once per process.
+
+`configure_logging(settings, role=...)` is called by each process entry point (API factory, arq worker,
+CLI, start script). Request and job ids are bound through contextvars (`bind_context`), so every event
+logged while handling a request or a job carries them. A redaction processor removes configured secret
+values and bearer tokens from every event, whatever logger produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from structlog.contextvars import bind_contextvars, clear_contextvars
+from structlog.typing import EventDict, Processor
+
+from shared.config import Settings
+
+__all__ = ["Redactor", "bind_context", "clear_context", "configure_logging", "get_logger"]
+
+_TOKEN_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)(session_token=)[^;\s\"']+"),
+    re.compile(r"(?i)(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+(@)"),
+    re.compile(r"(?i)(sk-)[A-Za-z0-9_-]{6,}"),
+)
+REDACTED = "***"
+
+
+class Redactor:
+    """A structlog processor that scrubs secret values and token-looking strings from an event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        """Return `text` with every known secret and token pattern replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _TOKEN_PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED + (m.group(2) if m.lastindex == 2 else ""), text)
+        return text
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._scrub_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self._scrub_value(v) for v in value)
+        if isinstance(value, BaseException):
+            return self.scrub(repr(value))
+        return value
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        for key, value in list(event_dict.items()):
+            event_dict[key] = self._scrub_value(value)
+        return event_dict
+
+
+def _render_exception_then_scrub(redactor: Redactor) -> Processor:
+    def processor(logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        exc = event_dict.get("exception")
+        if isinstance(exc, str):
+            event_dict["exception"] = redactor.scrub(exc)
+        return event_dict
+
+    return processor
+
+
+_configured = False
+
+
+def configure_logging(settings: Settings, *, role: str, extra_secrets: Iterable[str] = ()) -> None:
+    """Configure structlog and the standard library's logging for this process (idempotent per process)."""
+    global _configured
+    redactor = Redactor([*settings.secret_values(), *extra_secrets])
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_process(role),
+        redactor,
+    ]
+    json_output = settings.effective_log_format == "json"
+    renderer: Processor
+    if json_output:
+        renderer = structlog.processors.JSONRenderer()
+        final: list[Processor] = [
+            structlog.processors.format_exc_info,
+            _render_exception_then_scrub(redactor),
+            renderer,
+        ]
+    else:
+        final = [
+            structlog.processors.format_exc_info,
+            _render_exception_then_scrub(redactor),
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
+        ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn", "gunicorn.error", "arq"):
+        lib_logger = logging.getLogger(name)
+        lib_logger.handlers[:] = []
+        lib_logger.propagate = True
+    # Access lines are emitted by our middleware with the request id; uvicorn's would duplicate them.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiosqlite", "asyncio", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def _add_process(role: str) -> Processor:
+    def processor(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("role", role)
+        event_dict.setdefault("pid", os.getpid())
+        return event_dict
+
+    return processor
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger (events with key-values)."""
+    return structlog.get_logger(name)
+
+
+def bind_context(**values: Any) -> None:
+    """Bind key-values (request_id, job_id, ...) to every event logged in this context."""
+    bind_contextvars(**values)
+
+
+def clear_context() -> None:
+    """Forget the values bound in this context."""
+    clear_contextvars()

@@ -1,0 +1,1 @@
+"""Fakes at the network boundary only (the OpenAI-compatible server)."""

@@ -1,0 +1,349 @@
+"""A small OpenAI-compatible server for tests: embeddings, chat completions (plain and streaming), models.
+
+It is a real HTTP server on loopback, so the real `openai` SDK talks to it. Switches (set through
+`FakeOpenAI.configure(...)` in-process, or `POST /_control` from another process) inject faults:
+`fault` = "500" | "429" | "401" | "stall" | "drop" for `fault_seconds` (or until cleared), `latency_ms`
+per request, `token_delay_ms` between streamed tokens, `reply` (the text the model answers).
+Every request is recorded (`requests`), with the prompts it carried; streams that the client abandoned
+are counted in `cancelled_streams`.
+
+Run standalone: `python -m tests.fakes.openai_server --port 8999`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def fake_embedding(text: str, dims: int) -> list[float]:
+    """A deterministic bag-of-words hashing embedding: texts sharing words get similar vectors."""
+    vector = [0.0] * dims
+    words = _WORD.findall(text.lower())
+    for word in words:
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dims
+        sign = 1.0 if digest[4] & 1 else -1.0
+        vector[index] += sign
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+@dataclass
+class FakeState:
+    """Switches and recordings."""
+
+    fault: str | None = None
+    fault_until: float | None = None
+    retry_after: int = 1
+    latency_ms: float = 0.0
+    token_delay_ms: float = 0.0
+    tokens: int | None = None
+    reply: str | None = None
+    dims: int = 1536
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    cancelled_streams: int = 0
+    completed_streams: int = 0
+    fault_responses: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def active_fault(self) -> str | None:
+        if self.fault and self.fault_until is not None and time.monotonic() >= self.fault_until:
+            self.fault, self.fault_until = None, None
+        return self.fault
+
+
+def _reply_for(state: FakeState, messages: list[dict[str, Any]]) -> str:
+    if state.reply is not None:
+        return state.reply
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {"content": ""})
+    content = last_user.get("content") or ""
+    if isinstance(content, list):
+        content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    words = str(content).split()[:12]
+    return "According to the book [1], " + " ".join(words) + " is explained in the passages."
+
+
+def _tokens(text: str, count: int | None) -> list[str]:
+    pieces = re.findall(r"\S+\s*", text) or [text]
+    if count is None or count <= 0:
+        return pieces
+    if len(pieces) >= count:
+        head = pieces[: count - 1]
+        return [*head, "".join(pieces[count - 1 :])]
+    return pieces + ["" for _ in range(0)]
+
+
+def build_app(state: FakeState) -> Starlette:
+    """The Starlette app behind the fake server."""
+
+    async def fault_response(kind: str) -> Response | None:
+        state.fault_responses += 1
+        if kind == "500":
+            return JSONResponse({"error": {"message": "fake server error", "type": "server_error"}}, status_code=500)
+        if kind == "429":
+            return JSONResponse(
+                {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                status_code=429,
+                headers={"retry-after": str(state.retry_after)},
+            )
+        if kind == "401":
+            return JSONResponse(
+                {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
+                status_code=401,
+            )
+        if kind == "stall":
+            await asyncio.sleep(3600)
+        return None
+
+    async def record(request: Request, body: dict[str, Any]) -> str | None:
+        with state.lock:
+            state.requests.append(
+                {
+                    "path": request.url.path,
+                    "body": body,
+                    "authorization": request.headers.get("authorization", ""),
+                    "at": time.time(),
+                }
+            )
+        if state.latency_ms:
+            await asyncio.sleep(state.latency_ms / 1000)
+        return state.active_fault()
+
+    async def embeddings(request: Request) -> Response:
+        body = await request.json()
+        fault = await record(request, body)
+        if fault == "drop":
+            return _DroppedResponse()
+        if fault and (response := await fault_response(fault)) is not None:
+            return response
+        inputs = body.get("input", [])
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        dims = int(body.get("dimensions") or state.dims)
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_embedding(str(text), dims)}
+            for i, text in enumerate(inputs)
+        ]
+        tokens = sum(len(str(t).split()) for t in inputs)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", "fake-embed"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        fault = await record(request, body)
+        if fault == "drop":
+            return _DroppedResponse()
+        if fault and (response := await fault_response(fault)) is not None:
+            return response
+        text = _reply_for(state, body.get("messages", []))
+        model = body.get("model", "fake-chat")
+        created = int(time.time())
+        if not body.get("stream"):
+            pieces = _tokens(text, state.tokens)
+            if state.token_delay_ms:
+                await asyncio.sleep(state.token_delay_ms * len(pieces) / 1000)
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": len(pieces), "total_tokens": 10 + len(pieces)},
+                }
+            )
+
+        async def stream() -> Any:
+            finished = False
+            try:
+                first = {"role": "assistant", "content": ""}
+                yield _chunk(model, created, first, None)
+                for piece in _tokens(text, state.tokens):
+                    if state.token_delay_ms:
+                        await asyncio.sleep(state.token_delay_ms / 1000)
+                    if state.active_fault() == "stall":
+                        await asyncio.sleep(3600)
+                    yield _chunk(model, created, {"content": piece}, None)
+                yield _chunk(model, created, {}, "stop")
+                yield "data: [DONE]\n\n"
+                finished = True
+            finally:
+                with state.lock:
+                    if finished:
+                        state.completed_streams += 1
+                    else:
+                        state.cancelled_streams += 1
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def models(request: Request) -> Response:
+        fault = await record(request, {})
+        if fault and fault != "drop" and (response := await fault_response(fault)) is not None:
+            return response
+        return JSONResponse({"object": "list", "data": [{"id": "fake-chat", "object": "model", "owned_by": "fake"}]})
+
+    async def control(request: Request) -> Response:
+        body = await request.json()
+        _apply(state, body)
+        return JSONResponse({"ok": True})
+
+    async def recorded(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse(
+                {
+                    "requests": state.requests,
+                    "cancelled_streams": state.cancelled_streams,
+                    "completed_streams": state.completed_streams,
+                    "fault_responses": state.fault_responses,
+                }
+            )
+
+    return Starlette(
+        routes=[
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/_control", control, methods=["POST"]),
+            Route("/_requests", recorded, methods=["GET"]),
+        ]
+    )
+
+
+def _chunk(model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+class _DroppedResponse(Response):
+    """Announces a body and then drops the connection half-way."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
+        raise ConnectionResetError("fake dropped connection")
+
+
+def _apply(state: FakeState, options: dict[str, Any]) -> None:
+    with state.lock:
+        if options.get("reset"):
+            state.requests.clear()
+            state.cancelled_streams = state.completed_streams = state.fault_responses = 0
+            state.fault = state.fault_until = state.reply = state.tokens = None
+            state.latency_ms = state.token_delay_ms = 0.0
+            state.retry_after = 1
+        if "fault" in options:
+            state.fault = options["fault"]
+            seconds = options.get("fault_seconds")
+            state.fault_until = time.monotonic() + float(seconds) if seconds else None
+        for key in ("retry_after", "latency_ms", "token_delay_ms", "tokens", "reply", "dims"):
+            if key in options:
+                setattr(state, key, options[key])
+        if options.get("clear_requests"):
+            state.requests.clear()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeOpenAI:
+    """The fake server running in a background thread of the test process."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.state = FakeState()
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            build_app(self.state), host="127.0.0.1", port=self.port, log_level="critical", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="fake-openai", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL for the SDK (`OPENAI_BASE_URL`)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        """Start serving and wait until the port answers."""
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def configure(self, **options: Any) -> None:
+        """Change switches (see module docstring); `reset=True` clears everything first."""
+        _apply(self.state, options)
+
+    def reset(self) -> None:
+        """Clear faults, replies and recordings."""
+        _apply(self.state, {"reset": True})
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Recorded requests (copies)."""
+        with self.state.lock:
+            return list(self.state.requests)
+
+    def requests_to(self, suffix: str) -> list[dict[str, Any]]:
+        """Recorded requests whose path ends with `suffix` (e.g. "/embeddings")."""
+        return [r for r in self.requests if r["path"].endswith(suffix)]
+
+
+def main() -> None:
+    """Standalone mode for benchmarks."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=8999)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--token-delay-ms", type=float, default=0.0)
+    parser.add_argument("--tokens", type=int, default=None)
+    args = parser.parse_args()
+    state = FakeState(latency_ms=args.latency_ms, token_delay_ms=args.token_delay_ms, tokens=args.tokens)
+    uvicorn.run(build_app(state), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

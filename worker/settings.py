@@ -1,0 +1,58 @@
+"""Builds the arq `Worker` from settings; `on_startup`/`on_shutdown` build and close the shared clients.
+
+The worker is started by `python -m worker run` (supervisord's `worker` program) instead of
+`arq module.WorkerSettings`, because arq's CLI would need settings at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.worker import Worker
+
+from shared.clients import build_services, redis_settings
+from shared.config import Settings
+from shared.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
+from shared.logging import get_logger
+from worker.jobs import JOB_FUNCTIONS
+
+log = get_logger(__name__)
+
+HEALTH_CHECK_INTERVAL_S = 5
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    """Build the same clients the API builds, once per worker process."""
+    settings: Settings = ctx["settings"]
+    ctx["services"] = await build_services(settings, role=ROLE_WORKER)
+    log.info("worker.started", queue=QUEUE_NAME)
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    """Close the clients."""
+    services = ctx.get("services")
+    if services is not None:
+        await services.aclose()
+    log.info("worker.stopped")
+
+
+def build_worker(settings: Settings, **overrides: Any) -> Worker:
+    """The arq worker for the ingestion queue."""
+    options: dict[str, Any] = {
+        "functions": JOB_FUNCTIONS,
+        "queue_name": QUEUE_NAME,
+        "redis_settings": redis_settings(settings),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "ctx": {"settings": settings},
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "health_check_key": HEALTH_CHECK_KEY,
+        "handle_signals": True,
+        "retry_jobs": True,
+        "max_jobs": 4,
+        "job_timeout": 1800,
+        "keep_result": 3600,
+        "poll_delay": 0.2,
+    }
+    options.update(overrides)
+    return Worker(**options)
