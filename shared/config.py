@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,6 +83,8 @@ class Settings(BaseSettings):
     )
     cors_origin_regex: str | None = Field(None, validation_alias=_alias("CORS_ORIGIN_REGEX"))
     space_host: str | None = Field(None, validation_alias=_alias("SPACE_HOST"))
+    # Proxies in front of us that append to X-Forwarded-For; unset = 1 on Spaces (SPACE_HOST set), else 0.
+    trusted_proxy_hops: int | None = Field(None, ge=0, le=10, validation_alias=_alias("TRUSTED_PROXY_HOPS"))
 
     admin_api_key: SecretStr | None = Field(None, validation_alias=_alias("ADMIN_API_KEY"))
     better_auth_secret: SecretStr | None = Field(None, validation_alias=_alias("BETTER_AUTH_SECRET"))
@@ -104,6 +107,17 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("cors_origin_regex")
+    @classmethod
+    def _check_origin_regex(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"expected a regular expression matching whole origins ({exc.msg})") from None
         return value
 
     @field_validator("log_level", mode="before")
@@ -231,6 +245,13 @@ class Settings(BaseSettings):
             if space_origin not in origins:
                 origins.append(space_origin)
         return origins
+
+    @property
+    def effective_trusted_proxy_hops(self) -> int:
+        """X-Forwarded-For entries appended by trusted proxies: TRUSTED_PROXY_HOPS, or 1 on Spaces, else 0."""
+        if self.trusted_proxy_hops is not None:
+            return self.trusted_proxy_hops
+        return 1 if self.space_host else 0
 
     def secret_values(self) -> list[str]:
         """Every configured secret value (for log redaction); never logged itself."""
