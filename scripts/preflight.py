@@ -1,46 +1,167 @@
-"""Start-up checks run once by scripts/start before supervisord: config, DATA_DIR, migrations.
+"""Start-up checks run once by scripts/start before supervisord: config, DATA_DIR, migrations, upstreams.
 
-Exits 2 with an operator-facing message (variable names, never values) when the configuration is
-missing or malformed, so a broken deployment stops here instead of crash-looping three programs.
+Exit codes (scripts/start acts on them):
+- 0: ready to start the programs;
+- 2: the configuration is missing or malformed (an operator-facing message that names variables, never
+  values), so a broken deployment stops here instead of crash-looping three programs;
+- 3: the migrations themselves failed (a bug or a database in an unexpected state);
+- 75 (EX_TEMPFAIL): the database is unreachable right now. The service still starts (liveness 200,
+  readiness `unavailable`) and supervisord's `migrate` program retries the migrations until they apply.
+
+`--migrate-until-done` is that retry loop (supervisord's `migrate` program).
+
+It also logs one `startup.upstream` event per upstream with its status and host (never credentials).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from shared.config import ConfigError, load_settings
-from shared.constants import ROLE_API
-from shared.db.migrate import upgrade
+from shared.config import ConfigError, Settings, load_settings
 from shared.logging import configure_logging, get_logger
 
+EXIT_CONFIG = 2
+EXIT_MIGRATIONS = 3
+EXIT_DB_UNREACHABLE = 75
+CHECK_TIMEOUT_S = 3.0
+RETRY_MAX_DELAY_S = 30.0
 
-def main() -> int:
-    """Validate settings, create DATA_DIR, apply migrations."""
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """True when `exc` means "cannot connect to the database" (not a broken migration)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, OSError | TimeoutError | InterfaceError):
+        return True
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig or exc).lower()
+        hints = ("connect", "connection", "timeout", "timed out", "could not translate host", "name or service")
+        return any(hint in text for hint in hints)
+    return False
+
+
+def migrate(settings: Settings, log: Any) -> int:
+    """Apply the migrations once: 0 applied, EXIT_DB_UNREACHABLE unreachable, EXIT_MIGRATIONS failed."""
+    from shared.db.migrate import upgrade
+
+    started = time.perf_counter()
+    try:
+        upgrade(settings)
+    except Exception as exc:
+        if not settings.uses_sqlite and _is_unreachable(exc):
+            log.warning(
+                "startup.database_unreachable",
+                error=type(exc).__name__,
+                detail=str(getattr(exc, "orig", None) or exc)[:300],
+                action="starting anyway; the migrate program retries until the database answers",
+            )
+            return EXIT_DB_UNREACHABLE
+        log.error("startup.migrations_failed", error=type(exc).__name__, detail=str(exc)[:300])
+        return EXIT_MIGRATIONS
+    log.info(
+        "startup.migrations_applied",
+        database="sqlite" if settings.uses_sqlite else "postgresql",
+        duration_ms=round((time.perf_counter() - started) * 1000),
+    )
+    return 0
+
+
+def _check_http(url: str, headers: dict[str, str]) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(url, headers=headers, timeout=CHECK_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return f"down ({type(exc).__name__})"
+    if response.status_code in (401, 403):
+        return f"misconfigured (HTTP {response.status_code}: check the API key)"
+    return "up" if response.status_code < 400 else f"down (HTTP {response.status_code})"
+
+
+def _check_redis(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"down ({type(exc).__name__})"
+    finally:
+        client.close()
+    return "up"
+
+
+def upstream_statuses(settings: Settings, *, database_status: str) -> dict[str, str]:
+    """Status of each upstream: up / down (...) / embedded / disabled, checked concurrently."""
+    checks: dict[str, Any] = {}
+    statuses = {"database": database_status}
+    if settings.embedded_qdrant:
+        statuses["vector_store"] = "embedded"
+    else:
+        headers = {"api-key": settings.qdrant_api_key.get_secret_value()} if settings.qdrant_api_key else {}
+        checks["vector_store"] = (_check_http, f"{settings.qdrant_url}/readyz", headers)
+    if settings.embedded_redis:
+        statuses["redis"] = "embedded"
+    else:
+        checks["redis"] = (_check_redis, settings.effective_redis_url)
+    if settings.openai_api_key is None:
+        statuses["llm"] = "disabled (offline mode)"
+    else:
+        base = settings.openai_base_url or "https://api.openai.com/v1"
+        auth = {"Authorization": f"Bearer {settings.openai_api_key.get_secret_value()}"}
+        checks["llm"] = (_check_http, f"{base}/models", auth)
+    if checks:
+        with ThreadPoolExecutor(max_workers=len(checks)) as pool:
+            futures = {name: pool.submit(fn, *args) for name, (fn, *args) in checks.items()}
+            statuses.update({name: future.result() for name, future in futures.items()})
+    return statuses
+
+
+def log_upstreams(settings: Settings, log: Any, *, database_status: str) -> None:
+    """One `startup.upstream` event per upstream with its status, mode and host (never credentials)."""
+    from shared.clients import describe_upstreams
+
+    described = describe_upstreams(settings)
+    for name, status in upstream_statuses(settings, database_status=database_status).items():
+        info = described.get(name, {})
+        level = log.info if status.split(" ")[0] in {"up", "embedded", "disabled"} else log.warning
+        level("startup.upstream", upstream=name, status=status, mode=info.get("mode"), host=info.get("host"))
+
+
+def retry_migrations(settings: Settings, log: Any) -> int:
+    """Retry the migrations with capped exponential backoff until they apply (or fail for real)."""
+    delay = 2.0
+    while True:
+        code = migrate(settings, log)
+        if code != EXIT_DB_UNREACHABLE:
+            return code
+        time.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
+
+def main(argv: list[str]) -> int:
+    """Validate settings, create DATA_DIR, apply migrations, report upstreams."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"lectern: configuration error\n{exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    if "--migrate-until-done" in argv:
+        configure_logging(settings, role="migrate")
+        return retry_migrations(settings, get_logger("migrate"))
     configure_logging(settings, role="start")
     log = get_logger("preflight")
     data_dir = settings.data_dir.resolve()
     for sub in ("", "redis", "run"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    try:
-        upgrade(settings)
-    except Exception as exc:
-        log.error("startup.migrations_failed", error=type(exc).__name__, detail=str(exc)[:300])
-        return 3
-    log.info(
-        "startup.migrations_applied",
-        database="sqlite" if settings.uses_sqlite else "postgresql",
-        duration_ms=round((time.perf_counter() - started) * 1000),
-        role=ROLE_API,
-    )
-    return 0
+    code = migrate(settings, log)
+    database_status = {0: "up", EXIT_DB_UNREACHABLE: "down (unreachable; migrations deferred)"}.get(code, "down")
+    log_upstreams(settings, log, database_status=database_status)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

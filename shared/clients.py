@@ -69,7 +69,9 @@ def describe_upstreams(settings: Settings) -> dict[str, dict[str, str]]:
         "database": {"mode": "sqlite" if settings.uses_sqlite else "postgresql", "host": db_host},
         "vector_store": {
             "mode": "local" if settings.embedded_qdrant else "server",
-            "host": urlsplit(settings.qdrant_url).hostname or "?" if settings.qdrant_url else str(settings.qdrant_path),
+            "host": (urlsplit(settings.qdrant_url).hostname or "?")
+            if settings.qdrant_url
+            else str(settings.qdrant_path),
         },
         "redis": {
             "mode": "embedded" if settings.embedded_redis else "external",
