@@ -6,11 +6,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api.auth_support import AuthRuntime, auth_runtime, authenticate
 from shared.clients import Services
 from shared.config import Settings
+from shared.errors import RateLimited, Unauthorized
+from shared.ratelimit import RateLimit, client_ip
+from shared.sessions import AuthContext
+from shared.users import AuthUser
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,3 +45,64 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 DbSession = Annotated[AsyncSession, Depends(get_db)]
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
+
+
+# ---- auth (see api/auth_support.py and docs/notes/auth.md) ----------------------------------------
+AuthRuntimeDep = Annotated[AuthRuntime, Depends(auth_runtime)]
+
+
+async def get_optional_auth(request: Request, response: Response, runtime: AuthRuntimeDep) -> AuthContext | None:
+    """The session of a Bearer token or session cookie; None when absent, empty, invalid or expired."""
+    return await authenticate(request, response, runtime)
+
+
+async def get_current_auth(auth: Annotated[AuthContext | None, Depends(get_optional_auth)]) -> AuthContext:
+    """The session, or 401 when not signed in."""
+    if auth is None:
+        raise Unauthorized("Sign in to continue.", code="UNAUTHORIZED")
+    return auth
+
+
+def get_optional_user(auth: Annotated[AuthContext | None, Depends(get_optional_auth)]) -> AuthUser | None:
+    """The signed-in user, or None (anonymous)."""
+    return auth.user if auth is not None else None
+
+
+def get_current_user(auth: Annotated[AuthContext, Depends(get_current_auth)]) -> AuthUser:
+    """The signed-in user, or 401."""
+    return auth.user
+
+
+OptionalAuth = Annotated[AuthContext | None, Depends(get_optional_auth)]
+CurrentAuth = Annotated[AuthContext, Depends(get_current_auth)]
+#: `user.id`, `user.email`, `user.name`, `user.proficiency`, profile answers (`shared.users.AuthUser`).
+OptionalUser = Annotated[AuthUser | None, Depends(get_optional_user)]
+CurrentUser = Annotated[AuthUser, Depends(get_current_user)]
+
+
+# ---- rate limits (see shared/ratelimit.py and docs/notes/security.md) -----------------------------
+async def enforce_chat_rate_limit(
+    request: Request, settings: SettingsDep, services: ServicesDep, user: OptionalUser
+) -> None:
+    """Count one chat/translate/adjust request per user (per client IP when anonymous); 429 over RATE_LIMIT_CHAT."""
+    limit: RateLimit = request.app.state.chat_rate_limit
+    if user is not None:
+        identity = f"user:{user.id}"
+    else:
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.getlist("x-forwarded-for")
+        identity = "ip:" + client_ip(
+            peer=peer, forwarded_for=forwarded, trusted_hops=settings.effective_trusted_proxy_hops
+        )
+    decision = await limit.hit(redis=services.redis, identity=identity)
+    if not decision.allowed:
+        raise RateLimited(
+            f"Too many requests: the limit is {settings.rate_limit_chat}. Please wait a moment.",
+            retry_after=decision.reset_after_s,
+            extra={"limit": decision.limit},
+        )
+
+
+#: Add to chat, translate and adjust-content routes: `dependencies=[ChatRateLimitDep]` or `_: ChatRateLimit`.
+ChatRateLimitDep = Depends(enforce_chat_rate_limit)
+ChatRateLimit = Annotated[None, ChatRateLimitDep]

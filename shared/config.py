@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     site_url: str = Field("https://physical-ai-textbook.vercel.app", validation_alias=_alias("SITE_URL"))
 
     rate_limit_chat: str = Field("20/minute", validation_alias=_alias("RATE_LIMIT_CHAT"))
+    # Sign-in attempts per client IP and per email (brute-force guard, shared by all workers via Redis).
+    rate_limit_sign_in: str = Field("10/minute", validation_alias=_alias("RATE_LIMIT_SIGN_IN"))
     circuit_failure_threshold: int = Field(5, ge=1, validation_alias=_alias("CIRCUIT_FAILURE_THRESHOLD"))
     circuit_recovery_timeout: float = Field(30.0, gt=0, validation_alias=_alias("CIRCUIT_RECOVERY_TIMEOUT"))
 
@@ -160,7 +162,7 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://host:port/db, rediss://... or unix:///path/to/socket")
         return str(value)
 
-    @field_validator("rate_limit_chat")
+    @field_validator("rate_limit_chat", "rate_limit_sign_in")
     @classmethod
     def _check_rate(cls, value: str) -> str:
         count, _, period = value.partition("/")
