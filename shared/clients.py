@@ -100,6 +100,7 @@ class Services:
     resilience: Resilience
     vectorstore: VectorStore | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    embedder: Embedder | None = None
 
     async def aclose(self) -> None:
         """Close every client (errors are logged, never raised: shutdown must finish)."""
@@ -130,6 +131,14 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         resilience=resilience or Resilience(settings),
     )
     for name, info in describe_upstreams(settings).items():
+    # Embedded mode: the worker opens the local Qdrant folder, every other role reaches it over Redis.
+    from shared.embeddings import create_embedder
+    from shared.vectorstore import create_vector_store
+
+    services.vectorstore = create_vector_store(
+        settings, role=role, redis=services.redis, resilience=services.resilience
+    )
+    services.embedder = create_embedder(settings, services.openai, services.resilience)
         if name != "database_url":
             log.info("startup.upstream", upstream=name, **info)
     return services

@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     docs_dir: Path = Field(SAMPLE_DOCS_DIR, validation_alias=_alias("DOCS_DIR"))
     site_url: str = Field("https://physical-ai-textbook.vercel.app", validation_alias=_alias("SITE_URL"))
 
+    chunk_size: int = Field(1200, ge=200, le=20000, validation_alias=_alias("CHUNK_SIZE"))
+    chunk_overlap: int = Field(150, ge=0, le=5000, validation_alias=_alias("CHUNK_OVERLAP"))
+    embed_batch_size: int = Field(100, ge=1, le=2048, validation_alias=_alias("EMBED_BATCH_SIZE"))
+    embed_batch_tokens: int = Field(100_000, ge=1000, validation_alias=_alias("EMBED_BATCH_TOKENS"))
+    embed_concurrency: int = Field(4, ge=1, le=64, validation_alias=_alias("EMBED_CONCURRENCY"))
+    embed_rpm: int = Field(3000, ge=1, validation_alias=_alias("EMBED_RPM"))
+    embed_tpm: int = Field(1_000_000, ge=1000, validation_alias=_alias("EMBED_TPM"))
+    ingest_job_timeout: float = Field(1800.0, gt=0, validation_alias=_alias("INGEST_JOB_TIMEOUT"))
+    ingest_max_tries: int = Field(10, ge=1, validation_alias=_alias("INGEST_MAX_TRIES"))
+    auto_ingest: bool | None = Field(None, validation_alias=_alias("AUTO_INGEST"))
+    vector_rpc_timeout: float = Field(10.0, gt=0, validation_alias=_alias("VECTOR_RPC_TIMEOUT"))
+
     rate_limit_chat: str = Field("20/minute", validation_alias=_alias("RATE_LIMIT_CHAT"))
     # Sign-in attempts per client IP and per email (brute-force guard, shared by all workers via Redis).
     rate_limit_sign_in: str = Field("10/minute", validation_alias=_alias("RATE_LIMIT_SIGN_IN"))
@@ -209,6 +221,11 @@ class Settings(BaseSettings):
     def embedded_qdrant(self) -> bool:
         """True when Qdrant runs in local mode inside DATA_DIR (owned by the arq worker)."""
         return self.qdrant_url is None
+
+    @property
+    def auto_ingest_sample_docs(self) -> bool:
+        """Ingest DOCS_DIR on first start: AUTO_INGEST, defaulting to on in development."""
+        return (not self.is_production) if self.auto_ingest is None else self.auto_ingest
 
     @property
     def redis_socket_path(self) -> Path:
