@@ -22,6 +22,7 @@ from shared.logging import get_logger
 from shared.resilience import Resilience
 
 if TYPE_CHECKING:
+    from shared.embeddings import Embedder
     from shared.vectorstore import VectorStore
 
 log = get_logger(__name__)
