@@ -100,8 +100,8 @@ class Services:
     openai: AsyncOpenAI | None
     resilience: Resilience
     vectorstore: VectorStore | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         """Close every client (errors are logged, never raised: shutdown must finish)."""
@@ -131,7 +131,6 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         openai=create_openai_client(settings),
         resilience=resilience or Resilience(settings),
     )
-    for name, info in describe_upstreams(settings).items():
     # Embedded mode: the worker opens the local Qdrant folder, every other role reaches it over Redis.
     from shared.embeddings import create_embedder
     from shared.vectorstore import create_vector_store
@@ -140,6 +139,7 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         settings, role=role, redis=services.redis, resilience=services.resilience
     )
     services.embedder = create_embedder(settings, services.openai, services.resilience)
+    for name, info in describe_upstreams(settings).items():
         if name != "database_url":
             log.info("startup.upstream", upstream=name, **info)
     return services
