@@ -6,18 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 import shared
 from api.errors import install_error_handlers
-from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from api.middleware import install_middleware
+from api.openapi import install_openapi
 from api.routers import build_router
 from shared.clients import build_services
 from shared.config import Settings, load_settings
 from shared.constants import ROLE_API
 from shared.logging import configure_logging
-
-MiB = 1024 * 1024
+from shared.ratelimit import RateLimit
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,23 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.chat_rate_limit = RateLimit(name="chat", rate=settings.rate_limit_chat)
     install_error_handlers(app)
     app.include_router(build_router())
-    app.add_middleware(
-        BodySizeLimitMiddleware,
-        default_limit=1 * MiB,
-        large_limit=20 * MiB,
-        large_prefixes=("/api/ingest",),
-    )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.allowed_origins,
-        allow_origin_regex=settings.cors_origin_regex,
-        allow_credentials=True,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-API-Key", "Accept"],
-        expose_headers=["X-Request-ID", "Retry-After"],
-        max_age=600,
-    )
-    app.add_middleware(RequestContextMiddleware)
+    install_openapi(app)
+    install_middleware(app, settings=settings)
     return app

@@ -1,23 +1,33 @@
-"""Pure-ASGI middleware: request id + access log + security headers, and the streaming body-size limit.
+"""Pure-ASGI middleware: request context, unhandled-error envelope, streaming body-size limit.
 
-Both are plain ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the
-per-request cost stays in microseconds.
+All three are plain ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the
+per-request cost stays in microseconds. `api.main` stacks them, outermost first:
+
+    RequestContextMiddleware   request id, access log, security headers (also on CORS preflights)
+    CORSMiddleware             (Starlette) so every response below, errors included, carries CORS headers
+    BodySizeLimitMiddleware    413 while the body arrives
+    ErrorEnvelopeMiddleware    an exception nobody handled -> logged traceback + generic 500 envelope
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import PayloadTooLarge
+from shared.config import Settings
 from shared.logging import bind_context, clear_context, get_logger
 
 log = get_logger("api.access")
+error_log = get_logger("api.errors")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_PATHS = frozenset({"/health", "/metrics", "/health/ready", "/health/circuits"})
@@ -28,6 +38,31 @@ SECURITY_HEADERS = (
     ("referrer-policy", "no-referrer"),
     ("cross-origin-resource-policy", "cross-origin"),
 )
+
+GENERIC_500 = "Something went wrong on our side. Please try again."
+MiB = 1024 * 1024
+#: Browsers cache a successful preflight this long (seconds); Chromium caps it at 7200.
+CORS_MAX_AGE = 600
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "X-API-Key", "Accept", "Cache-Control")
+
+
+def install_middleware(app: FastAPI, *, settings: Settings) -> None:
+    """Stack the middleware (see the module docstring for the order and why)."""
+    app.add_middleware(ErrorEnvelopeMiddleware)
+    app.add_middleware(
+        BodySizeLimitMiddleware, default_limit=1 * MiB, large_limit=20 * MiB, large_prefixes=("/api/ingest", "/ingest")
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_origin_regex=settings.cors_origin_regex,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=list(CORS_ALLOW_HEADERS),
+        expose_headers=["X-Request-ID", "Retry-After"],
+        max_age=CORS_MAX_AGE,
+    )
+    app.add_middleware(RequestContextMiddleware)
 
 
 class RequestContextMiddleware:
@@ -78,8 +113,65 @@ class RequestContextMiddleware:
             clear_context()
 
 
+class ErrorEnvelopeMiddleware:
+    """Turn an exception no handler took into a logged traceback and the generic 500 envelope.
+
+    Before the response has started, the client gets `500 internal_error` (never the exception text).
+    Once a `text/event-stream` response has started, the stream ends with an SSE `error` event
+    (`{"code": "internal_error", "detail": ...}`); other started responses are cut short. The exception
+    never reaches the server, so it is logged once, here, with the request id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        event_stream = False
+        finished = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, event_stream, finished
+            if message["type"] == "http.response.start":
+                started = True
+                content_type = MutableHeaders(scope=message).get("content-type", "")
+                event_stream = content_type.startswith("text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            error_log.error(
+                "request.unhandled_exception",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                response_started=started,
+                exc_info=exc,
+            )
+            if not started:
+                await send_json_error(scope, send, 500, GENERIC_500, "internal_error")
+            elif event_stream and not finished:
+                payload = json.dumps({"code": "internal_error", "detail": GENERIC_500})
+                await send({"type": "http.response.body", "body": f"event: error\ndata: {payload}\n\n".encode()})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class PayloadTooLargeError(HTTPException):
+    """Raised from `receive()` when the body passes the limit (FastAPI re-raises HTTPExceptions as-is)."""
+
+
 class BodySizeLimitMiddleware:
-    """Refuse bodies over the limit with 413, counting bytes as they arrive (never buffering first)."""
+    """Refuse bodies over the limit with 413, counting bytes as they arrive (never buffering first).
+
+    A declared `Content-Length` over the limit is refused before the app runs. Otherwise (chunked, or a
+    lying Content-Length) the byte count is checked on every `receive()`; past the limit the app gets a
+    `PayloadTooLargeError`, and whatever response it then tries to send is replaced by the 413 envelope.
+    """
 
     def __init__(self, app: ASGIApp, *, default_limit: int, large_limit: int, large_prefixes: tuple[str, ...]) -> None:
         self.app = app
@@ -98,45 +190,56 @@ class BodySizeLimitMiddleware:
         limit = self.limit_for(scope.get("path", ""))
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_413(scope, send, limit)
+            await send_json_error(scope, send, 413, _too_large_detail(limit), "payload_too_large", close=True)
             return
         received = 0
+        exceeded = False
+        replied = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                raise PayloadTooLargeError(413, _too_large_detail(limit))
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(_too_large_detail(limit))
+                    exceeded = True
+                    raise PayloadTooLargeError(413, _too_large_detail(limit))
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal replied
+            if not exceeded:
+                await send(message)
+            elif not replied:
+                replied = True
+                await send_json_error(scope, send, 413, _too_large_detail(limit), "payload_too_large", close=True)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+            if not replied:
+                replied = True
+                await send_json_error(scope, send, 413, _too_large_detail(limit), "payload_too_large", close=True)
 
 
 def _too_large_detail(limit: int) -> str:
     return f"The request body is larger than the {limit // (1024 * 1024)} MiB limit."
 
 
-async def _send_413(scope: Scope, send: Send, limit: int) -> None:
-    import json
-
+async def send_json_error(
+    scope: Scope, send: Send, status: int, detail: str, code: str, *, close: bool = False
+) -> None:
+    """Send the error envelope straight from ASGI middleware (outside FastAPI's handlers)."""
     request_id = scope.get("state", {}).get("request_id", "")
-    detail = _too_large_detail(limit)
-    body = json.dumps(
-        {"detail": detail, "code": "payload_too_large", "message": detail, "request_id": request_id}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    body = json.dumps({"detail": detail, "code": code, "message": detail, "request_id": request_id}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

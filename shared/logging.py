@@ -8,12 +8,14 @@ values and bearer tokens from every event, whatever logger produced it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from structlog.contextvars import bind_contextvars, clear_contextvars
@@ -21,22 +23,43 @@ from structlog.typing import EventDict, Processor
 
 from shared.config import Settings
 
-__all__ = ["Redactor", "bind_context", "clear_context", "configure_logging", "get_logger"]
+__all__ = ["Redactor", "ScrubbingFormatter", "bind_context", "clear_context", "configure_logging", "get_logger"]
 
 _TOKEN_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"(?i)(session_token=)[^;\s\"']+"),
-    re.compile(r"(?i)(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+(@)"),
+    re.compile(r"(?i)(session_token=)[^;\s\"',]+"),
+    # user:password@ in any URL (postgresql+psycopg://, redis://:pw@, https://user:pw@...).
+    re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)"),
     re.compile(r"(?i)(sk-)[A-Za-z0-9_-]{6,}"),
+    re.compile(
+        r"(?i)((?:x-api-key|api[_-]?key|access_?token|token|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{6,}"
+    ),
 )
+#: Event keys whose values are never logged, whatever they hold.
+_SENSITIVE_KEY = re.compile(
+    r"(?i)(^|_)(password|passwd|secret|token|access_token|authorization|api_key|apikey|cookie|set_cookie)s?$"
+)
+#: Keys structlog and the stdlib bridge use for objects that must reach the renderer unchanged.
+_PASSTHROUGH_KEYS = frozenset({"exc_info", "_record", "_from_structlog", "stack_info"})
 REDACTED = "***"
 
 
 class Redactor:
-    """A structlog processor that scrubs secret values and token-looking strings from an event."""
+    """A structlog processor that scrubs secret values and token-looking strings from an event.
+
+    It runs before rendering (on every value, nested ones included; sensitive key names are blanked)
+    and again on the rendered line (`ScrubbingFormatter`), which covers tracebacks and lines from
+    uvicorn, gunicorn, arq and any other stdlib logger. Secrets are matched raw and JSON-escaped.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        variants: set[str] = set()
+        for secret in secrets:
+            if secret:
+                variants.add(secret)
+                variants.add(json.dumps(secret)[1:-1])
+                variants.add(quote(secret, safe=""))
+        self._secrets = sorted(variants, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         """Return `text` with every known secret and token pattern replaced."""
@@ -51,17 +74,39 @@ class Redactor:
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {k: self._scrub_value(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self._scrub_value(v) for v in value)
+            return {k: REDACTED if _is_sensitive(k, v) else self._scrub_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._scrub_value(v) for v in value]
+        if isinstance(value, bytes):
+            return self.scrub(value.decode("utf-8", "replace"))
         if isinstance(value, BaseException):
             return self.scrub(repr(value))
-        return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.scrub(str(value))
 
     def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
         for key, value in list(event_dict.items()):
-            event_dict[key] = self._scrub_value(value)
+            if key in _PASSTHROUGH_KEYS:
+                continue
+            event_dict[key] = REDACTED if _is_sensitive(key, value) else self._scrub_value(value)
         return event_dict
+
+
+def _is_sensitive(key: Any, value: Any) -> bool:
+    return isinstance(key, str) and bool(_SENSITIVE_KEY.search(key)) and isinstance(value, str | bytes) and bool(value)
+
+
+class ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):
+    """The root handler's formatter: renders the event, then scrubs the finished line once more."""
+
+    def __init__(self, *args: Any, redactor: Redactor, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render and scrub (a failure to render still yields a scrubbed line, never the raw one)."""
+        return self.redactor.scrub(super().format(record))
 
 
 def _render_exception_then_scrub(redactor: Redactor) -> Processor:
@@ -104,7 +149,8 @@ def configure_logging(settings: Settings, *, role: str, extra_secrets: Iterable[
             _render_exception_then_scrub(redactor),
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
         ]
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = ScrubbingFormatter(
+        redactor=redactor,
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
