@@ -2,6 +2,9 @@
 FROM python:3.11-slim
 
 # redis-server is the embedded queue/cache when REDIS_URL is not set.
+# DL3008 (pin apt versions) ignored on purpose: Debian drops superseded package versions from its
+# archive after security updates, so a pinned version breaks future rebuilds; the base image tag
+# already fixes the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends redis-server \
@@ -9,6 +12,9 @@ RUN apt-get update \
 
 # Spaces run the container as uid 1000.
 RUN useradd -m -u 1000 user
+# DL3066 (non-numeric USER) ignored on purpose: "user" is created just above with the fixed uid 1000
+# that Spaces expect, and the name is what Hugging Face's Docker Spaces guide uses.
+# hadolint ignore=DL3066
 USER user
 ENV HOME=/home/user \
     PATH=/home/user/.local/bin:$PATH \
