@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     rate_limit_chat: str = Field("20/minute", validation_alias=_alias("RATE_LIMIT_CHAT"))
     # Sign-in attempts per client IP and per email (brute-force guard, shared by all workers via Redis).
     rate_limit_sign_in: str = Field("10/minute", validation_alias=_alias("RATE_LIMIT_SIGN_IN"))
+
+    # Chat (retrieval thresholds are calibrated in docs/notes/chat.md)
+    retrieval_top_k: int = Field(5, ge=1, le=20, validation_alias=_alias("RETRIEVAL_TOP_K"))
+    retrieval_min_dense_score: float = Field(0.45, validation_alias=_alias("RETRIEVAL_MIN_DENSE_SCORE"))
+    retrieval_min_term_coverage: float = Field(
+        0.6, ge=0, le=1, validation_alias=_alias("RETRIEVAL_MIN_TERM_COVERAGE")
+    )
+    chat_stream_idle_timeout_s: float = Field(30.0, gt=0, validation_alias=_alias("CHAT_STREAM_IDLE_TIMEOUT"))
+    chat_stream_ping_interval_s: float = Field(15.0, gt=0, validation_alias=_alias("CHAT_STREAM_PING_INTERVAL"))
+    content_cache_ttl_s: int = Field(30 * 24 * 3600, ge=60, validation_alias=_alias("CONTENT_CACHE_TTL"))
     circuit_failure_threshold: int = Field(5, ge=1, validation_alias=_alias("CIRCUIT_FAILURE_THRESHOLD"))
     circuit_recovery_timeout: float = Field(30.0, gt=0, validation_alias=_alias("CIRCUIT_RECOVERY_TIMEOUT"))
 
@@ -213,6 +223,11 @@ class Settings(BaseSettings):
         return self.openai_api_key is None
 
     @property
+    def auto_ingest_sample_docs(self) -> bool:
+        """Ingest DOCS_DIR on first start: AUTO_INGEST, defaulting to on in development."""
+        return (not self.is_production) if self.auto_ingest is None else self.auto_ingest
+
+    @property
     def embedded_redis(self) -> bool:
         """True when the container's own Redis serves the queue and caches."""
         return self.redis_url is None
@@ -221,11 +236,6 @@ class Settings(BaseSettings):
     def embedded_qdrant(self) -> bool:
         """True when Qdrant runs in local mode inside DATA_DIR (owned by the arq worker)."""
         return self.qdrant_url is None
-
-    @property
-    def auto_ingest_sample_docs(self) -> bool:
-        """Ingest DOCS_DIR on first start: AUTO_INGEST, defaulting to on in development."""
-        return (not self.is_production) if self.auto_ingest is None else self.auto_ingest
 
     @property
     def redis_socket_path(self) -> Path:

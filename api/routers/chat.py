@@ -1,5 +1,127 @@
-"""Routes: chat (being built)."""
+"""Routes: `POST /chat` (one JSON answer) and `POST /api/chat/stream` (Server-Sent Events)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field, field_validator
 
-router = APIRouter()
+from api.deps import OptionalUser, ServicesDep
+from api.sse import EventStreamResponse, format_event, with_heartbeat
+from shared.answering import generate, stream_answer
+from shared.chat import Turn, finish_turn, open_turn, plan_turn
+from shared.clients import Services
+from shared.errors import LecternError
+from shared.logging import get_logger
+
+router = APIRouter(tags=["chat"])
+log = get_logger(__name__)
+
+
+class ChatRequest(BaseModel):
+    """A question, optionally about a selected passage, optionally in a chat session."""
+
+    query: str = Field(min_length=1, max_length=4000)
+    selected_text: str | None = Field("", max_length=10_000)
+    session_id: str | None = Field(None, max_length=64)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the question is empty")
+        return value
+
+    @property
+    def selection(self) -> str:
+        """The selected text ('' when absent)."""
+        return self.selected_text or ""
+
+
+class ChatResponse(BaseModel):
+    """The frontend's fields (`response`, `session_id`) plus `sources` (strings), `citations`, `mode`."""
+
+    response: str
+    session_id: str | None
+    sources: list[str]
+    citations: list[dict[str, Any]]
+    mode: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "The session does not exist or belongs to someone else"},
+    503: {"description": "The search index (or another upstream) is unavailable"},
+}
+
+
+@router.post("/chat", response_model=ChatResponse, responses=_ERRORS)
+async def chat(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> ChatResponse:
+    """Answer a question from the book, with citations; stores the exchange for signed-in readers."""
+    turn = await open_turn(
+        services=services, user=user, query=body.query, selected_text=body.selection, session_id=body.session_id
+    )
+    plan = await generate(services=services, plan=await plan_turn(services=services, turn=turn))
+    answer = plan.text or ""
+    await finish_turn(services=services, turn=turn, plan=plan, answer=answer)
+    return ChatResponse(
+        response=answer,
+        session_id=turn.session_id if turn.stored else None,
+        sources=plan.sources,
+        citations=plan.citations,
+        mode=plan.mode,
+    )
+
+
+@router.post(
+    "/api/chat/stream",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "meta, citations, delta..., done|error"}},
+)
+async def chat_stream(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> EventStreamResponse:
+    """Stream the answer as Server-Sent Events: meta, citations, delta..., then done or error."""
+    turn = await open_turn(
+        services=services, user=user, query=body.query, selected_text=body.selection, session_id=body.session_id
+    )
+    frames = with_heartbeat(
+        chat_events(services=services, turn=turn), interval_s=services.settings.chat_stream_ping_interval_s
+    )
+    return EventStreamResponse(frames)
+
+
+async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
+    """The SSE frames of one streamed answer; failures become an `error` event (after `meta`)."""
+    meta_sent = False
+    session_id = turn.session_id if turn.stored else None
+    try:
+        plan, deltas = await stream_answer(services=services, plan=await plan_turn(services=services, turn=turn))
+        yield format_event("meta", {"session_id": session_id, "mode": plan.mode})
+        meta_sent = True
+        yield format_event("citations", plan.citations)
+        parts: list[str] = []
+        try:
+            async for text in deltas:
+                parts.append(text)
+                yield format_event("delta", {"text": text})
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        message_id = await finish_turn(services=services, turn=turn, plan=plan, answer="".join(parts))
+        yield format_event("done", {"session_id": session_id, "message_id": message_id})
+    except LecternError as exc:
+        log.warning("chat.stream_error", code=exc.code)
+        if not meta_sent:
+            yield format_event(
+                "meta", {"session_id": session_id if turn.new_session_title is None else None, "mode": "generative"}
+            )
+        yield format_event("error", {"code": exc.code, "detail": exc.detail})
+    except Exception as exc:
+        log.error("chat.stream_failed", error=type(exc).__name__, exc_info=exc)
+        if not meta_sent:
+            yield format_event(
+                "meta", {"session_id": session_id if turn.new_session_title is None else None, "mode": "generative"}
+            )
+        yield format_event(
+            "error", {"code": "internal_error", "detail": "Something went wrong on our side. Please try again."}
+        )

@@ -1,0 +1,127 @@
+"""Chat completions over the process's shared OpenAI client: plain and streaming, behind the breaker.
+
+The client is `services.openai` (built once per process by `shared.clients`, with its own timeouts and
+no SDK retries). Every call goes through `services.resilience`: a plain completion with backoff retries,
+a stream with a retried *open* and its outcome reported with `record_success` / `record_failure`.
+Offline mode (no OPENAI_API_KEY) raises `LlmUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from shared.clients import Services
+from shared.errors import LlmUnavailable, UpstreamUnavailable
+from shared.logging import get_logger
+from shared.resilience import Upstream
+
+__all__ = ["LlmStalled", "Message", "complete", "open_stream", "require_client"]
+
+log = get_logger(__name__)
+
+#: An OpenAI chat message: {"role": "system"|"user"|"assistant", "content": str}.
+Message = dict[str, str]
+
+
+class LlmStalled(UpstreamUnavailable):
+    """The model stopped sending tokens for longer than the idle timeout."""
+
+    code = "upstream_timeout"
+    default_detail = "The language model stopped responding. Please try again."
+
+
+def require_client(services: Services) -> AsyncOpenAI:
+    """The shared OpenAI client, or `LlmUnavailable` in offline mode."""
+    if services.openai is None:
+        raise LlmUnavailable()
+    return services.openai
+
+
+async def complete(
+    *,
+    services: Services,
+    messages: Sequence[Message],
+    model: str | None = None,
+    temperature: float = 0.2,
+    max_tokens: int | None = None,
+) -> str:
+    """One chat completion (retried with backoff behind the `openai` breaker); returns the text."""
+    client = require_client(services)
+    kwargs: dict[str, Any] = {
+        "model": model or services.settings.openai_chat_model,
+        "messages": list(messages),
+        "temperature": temperature,
+    }
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    response = await services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs))
+    if not response.choices:
+        return ""
+    return response.choices[0].message.content or ""
+
+
+async def open_stream(
+    *,
+    services: Services,
+    messages: Sequence[Message],
+    model: str | None = None,
+    temperature: float = 0.2,
+    idle_timeout_s: float | None = None,
+) -> AsyncIterator[str]:
+    """Open a streaming completion and return an iterator of text deltas.
+
+    Opening (until the response headers arrive) is retried behind the breaker, so an upstream that is
+    down fails here, before the caller has promised anything to its client. The returned iterator
+    raises `LlmStalled` when no token arrives for `idle_timeout_s`, `UpstreamUnavailable` when the
+    stream breaks, and always closes the upstream response (closing it is how a client disconnect
+    cancels the upstream request).
+    """
+    client = require_client(services)
+    kwargs: dict[str, Any] = {
+        "model": model or services.settings.openai_chat_model,
+        "messages": list(messages),
+        "temperature": temperature,
+        "stream": True,
+    }
+    upstream = await services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs))
+    timeout = idle_timeout_s if idle_timeout_s is not None else services.settings.chat_stream_idle_timeout_s
+    return _deltas(services=services, upstream=upstream, idle_timeout_s=timeout)
+
+
+async def _deltas(*, services: Services, upstream: Any, idle_timeout_s: float) -> AsyncIterator[str]:
+    resilience = services.resilience
+    iterator = upstream.__aiter__()
+    finished = False
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(iterator.__anext__(), idle_timeout_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                resilience.record_failure(Upstream.OPENAI, exc)
+                log.warning("llm.stream_stalled", idle_timeout_s=idle_timeout_s)
+                raise LlmStalled(
+                    f"The language model sent nothing for {idle_timeout_s:g} s. Please try again."
+                ) from None
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                log.warning("llm.stream_failed", error=type(exc).__name__)
+                raise resilience.record_failure(Upstream.OPENAI, exc) from exc
+            for choice in getattr(chunk, "choices", None) or ():
+                text = getattr(choice.delta, "content", None) if choice.delta is not None else None
+                if text:
+                    yield text
+        finished = True
+        resilience.record_success(Upstream.OPENAI)
+    finally:
+        if not finished:
+            log.info("llm.stream_closed_early")
+        with contextlib.suppress(Exception):
+            await asyncio.shield(upstream.close())
