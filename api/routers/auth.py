@@ -39,6 +39,19 @@ class _Body(BaseModel):
     # Clients send extra keys (better-auth: callbackURL, image, ...); they are ignored.
     model_config = ConfigDict(extra="ignore")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        # NUL and lone surrogates cannot be stored by PostgreSQL or encoded as UTF-8: refuse them (422).
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text") from None
+        return value
+
 
 class SignUpBody(_Body):
     """Sign-up request."""
