@@ -4,7 +4,7 @@ All three are plain ASGI (not BaseHTTPMiddleware) so streaming responses pass th
 per-request cost stays in microseconds. `api.main` stacks them, outermost first:
 
     RequestContextMiddleware   request id, access log, security headers (also on CORS preflights)
-    CORSMiddleware             (Starlette) so every response below, errors included, carries CORS headers
+    EnvelopeCORSMiddleware     Starlette's, so every response below (errors too) has CORS headers; refusals enveloped
     BodySizeLimitMiddleware    413 while the body arrives
     ErrorEnvelopeMiddleware    an exception nobody handled -> logged traceback + generic 500 envelope
 """
@@ -18,10 +18,12 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.contextvars import get_contextvars
 
 from shared.config import Settings
 from shared.logging import bind_context, clear_context, get_logger
@@ -53,7 +55,7 @@ def install_middleware(app: FastAPI, *, settings: Settings) -> None:
         BodySizeLimitMiddleware, default_limit=1 * MiB, large_limit=20 * MiB, large_prefixes=("/api/ingest", "/ingest")
     )
     app.add_middleware(
-        CORSMiddleware,
+        EnvelopeCORSMiddleware,
         allow_origins=settings.allowed_origins,
         allow_origin_regex=settings.cors_origin_regex,
         allow_credentials=True,
@@ -111,6 +113,27 @@ class RequestContextMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             clear_context()
+
+
+class EnvelopeCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, except that a refused preflight is the JSON envelope (400
+    `cors_rejected`) and carries no `Access-Control-Allow-*` header at all."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """Starlette's preflight answer, or the envelope when it refuses."""
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode()
+        detail = f"{reason.replace('Disallowed CORS', 'This cross-origin request is not allowed: disallowed')}."
+        request_id = str(get_contextvars().get("request_id", ""))
+        body = {"detail": detail, "code": "cors_rejected", "message": detail, "request_id": request_id}
+        keep = {
+            k: v
+            for k, v in response.headers.items()
+            if not k.startswith("access-control-") and k != "content-length" and k != "content-type"
+        }
+        return JSONResponse(body, status_code=400, headers=keep)
 
 
 class ErrorEnvelopeMiddleware:

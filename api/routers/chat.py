@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
 
-from api.deps import OptionalUser, ServicesDep
+from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
+from api.errors import stream_error_payload
 from api.sse import EventStreamResponse, format_event, with_heartbeat
 from shared.answering import generate, stream_answer
-from shared.chat import Turn, finish_turn, open_turn, plan_turn
+from shared.chat import Turn, ensure_session, finish_turn, open_turn, plan_turn
 from shared.clients import Services
-from shared.errors import LecternError
 from shared.logging import get_logger
 
 router = APIRouter(tags=["chat"])
@@ -56,7 +56,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/chat", response_model=ChatResponse, responses=_ERRORS)
+@router.post("/chat", response_model=ChatResponse, responses=_ERRORS, dependencies=[ChatRateLimitDep])
 async def chat(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> ChatResponse:
     """Answer a question from the book, with citations; stores the exchange for signed-in readers."""
     turn = await open_turn(
@@ -76,6 +76,7 @@ async def chat(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> 
 
 @router.post(
     "/api/chat/stream",
+    dependencies=[ChatRateLimitDep],
     responses={200: {"content": {"text/event-stream": {}}, "description": "meta, citations, delta..., done|error"}},
 )
 async def chat_stream(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> EventStreamResponse:
@@ -95,11 +96,12 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
     session_id = turn.session_id if turn.stored else None
     try:
         plan, deltas = await stream_answer(services=services, plan=await plan_turn(services=services, turn=turn))
-        yield format_event("meta", {"session_id": session_id, "mode": plan.mode})
-        meta_sent = True
-        yield format_event("citations", plan.citations)
         parts: list[str] = []
         try:
+            await ensure_session(services=services, turn=turn)  # the id in `meta` must exist even if the stream fails
+            yield format_event("meta", {"session_id": session_id, "mode": plan.mode})
+            meta_sent = True
+            yield format_event("citations", plan.citations)
             async for text in deltas:
                 parts.append(text)
                 yield format_event("delta", {"text": text})
@@ -109,19 +111,12 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
                 await aclose()
         message_id = await finish_turn(services=services, turn=turn, plan=plan, answer="".join(parts))
         yield format_event("done", {"session_id": session_id, "message_id": message_id})
-    except LecternError as exc:
-        log.warning("chat.stream_error", code=exc.code)
-        if not meta_sent:
-            yield format_event(
-                "meta", {"session_id": session_id if turn.new_session_title is None else None, "mode": "generative"}
-            )
-        yield format_event("error", {"code": exc.code, "detail": exc.detail})
     except Exception as exc:
-        log.error("chat.stream_failed", error=type(exc).__name__, exc_info=exc)
+        payload = stream_error_payload(exc)
+        log.warning("chat.stream_error", code=payload["code"])
         if not meta_sent:
+            # The new session was not created (nothing is stored for a failed answer).
             yield format_event(
-                "meta", {"session_id": session_id if turn.new_session_title is None else None, "mode": "generative"}
+                "meta", {"session_id": None if turn.new_session_title else session_id, "mode": "generative"}
             )
-        yield format_event(
-            "error", {"code": "internal_error", "detail": "Something went wrong on our side. Please try again."}
-        )
+        yield format_event("error", payload)
