@@ -1,4 +1,4 @@
-"""Sign-in brute-force limiter: fixed one-window counters per client IP and per email, in Redis.
+"""Sign-in brute-force limiter: fixed-window counters per client IP and per email, in Redis.
 
 Redis makes the count shared by every Gunicorn worker. Deliberately tiny and separate from the general
 per-user rate limiting of the chat endpoints. Emails are hashed in the key (no addresses in Redis).
@@ -9,7 +9,6 @@ more than the limit; scrypt still bounds the attempt rate per core.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -46,25 +45,26 @@ class SignInLimiter:
         self.rate = rate
         self.prefix = prefix
 
-    async def hit(self, *, ip: str, email: str, now: float | None = None) -> None:
+    async def hit(self, *, ip: str, email: str) -> None:
         """Count one attempt; raise RateLimited when the IP or the email is over the limit."""
-        now = time.time() if now is None else now
-        window = int(now // self.rate.period_s)
-        retry_after = (window + 1) * self.rate.period_s - now
         email_key = hashlib.sha256(email.encode("utf-8")).hexdigest()[:32]
-        keys = (f"{self.prefix}:ip:{ip}:{window}", f"{self.prefix}:email:{email_key}:{window}")
+        keys = (f"{self.prefix}:ip:{ip}", f"{self.prefix}:email:{email_key}")
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            # The window starts at a key's first attempt: SET NX EX creates it with its expiry, INCR keeps it.
+            async with self.redis.pipeline(transaction=True) as pipe:
                 for key in keys:
+                    pipe.set(key, 0, ex=self.rate.period_s, nx=True)
                     pipe.incr(key)
-                    pipe.expire(key, self.rate.period_s + 1)
+                    pipe.ttl(key)
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("auth.rate_limit_unavailable", error=type(exc).__name__)
             return
-        counts = results[0::2]
-        if max(int(c) for c in counts) > self.rate.count:
-            log.info("auth.sign_in_rate_limited", by="ip" if int(counts[0]) > self.rate.count else "email")
+        counts, ttls = [int(c) for c in results[1::3]], [int(t) for t in results[2::3]]
+        over = [i for i, count in enumerate(counts) if count > self.rate.count]
+        if over:
+            log.info("auth.sign_in_rate_limited", by="ip" if 0 in over else "email")
+            retry_after = max(max(ttls[i] for i in over), 1)
             raise RateLimited(
                 "Too many sign-in attempts. Please wait a minute and try again.",
                 retry_after=retry_after,

@@ -1,0 +1,96 @@
+"""Sign-in brute-force limits (per IP and per email, 429 + Retry-After) and token-free logs, in process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.utils.auth_app import auth_settings, running_app
+
+PASSWORD = "s3cret-pass"
+
+
+@pytest.fixture
+async def limited() -> AsyncIterator[Any]:
+    """An app allowing 3 sign-in attempts a minute, trusting one proxy hop of X-Forwarded-For."""
+    settings = auth_settings("sqlite", None, rate_limit_sign_in="3/minute", trusted_proxy_hops=1)
+    async with running_app(settings) as (_app, client):
+        yield client
+
+
+def _from(ip: str) -> dict[str, str]:
+    return {"X-Forwarded-For": ip}
+
+
+async def test_sign_in_limited_per_ip(limited: Any) -> None:
+    """The 4th attempt in a minute from one IP is 429 with Retry-After, whatever the emails."""
+    statuses = []
+    for i in range(4):
+        r = await limited.post(
+            "/api/auth/sign-in/email",
+            json={"email": f"nobody{i}@example.com", "password": "wrong-password"},
+            headers=_from("198.51.100.7"),
+        )
+        statuses.append(r.status_code)
+    assert statuses == [401, 401, 401, 429]
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert isinstance(r.json()["detail"], str)
+    assert r.json()["code"] == "TOO_MANY_REQUESTS"
+    # Another IP is not affected.
+    other = await limited.post(
+        "/api/auth/sign-in/email",
+        json={"email": "nobody9@example.com", "password": "x"},
+        headers=_from("198.51.100.8"),
+    )
+    assert other.status_code == 401
+
+
+async def test_sign_in_limited_per_email(limited: Any) -> None:
+    """Attempts on one email from many IPs are limited too; the right password does not bypass it."""
+    email = f"target-{uuid.uuid4().hex[:6]}@example.com"
+    r = await limited.post(
+        "/api/auth/sign-up", json={"email": email, "name": "T", "password": PASSWORD}, headers=_from("203.0.113.1")
+    )
+    assert r.status_code == 200
+    statuses = []
+    for i in range(3):
+        r = await limited.post(
+            "/api/auth/sign-in/email",
+            json={"email": email.upper(), "password": "wrong-password"},
+            headers=_from(f"203.0.113.{10 + i}"),
+        )
+        statuses.append(r.status_code)
+    r = await limited.post(
+        "/api/auth/sign-in/email", json={"email": email, "password": PASSWORD}, headers=_from("203.0.113.99")
+    )
+    statuses.append(r.status_code)
+    assert statuses == [401, 401, 401, 429]
+    assert "retry-after" in r.headers
+
+
+async def test_tokens_never_in_logs(capfd: pytest.CaptureFixture[str]) -> None:
+    """Sign-up, sign-in, Bearer and cookie use, bad tokens and sign-out log no token value (DEBUG level)."""
+    settings = auth_settings("sqlite", None, log_level="DEBUG", log_format="json")
+    tokens: list[str] = []
+    async with running_app(settings) as (_app, client):
+        email = f"log-{uuid.uuid4().hex[:6]}@example.com"
+        r = await client.post("/api/auth/sign-up", json={"email": email, "name": "L", "password": PASSWORD})
+        tokens.append(r.json()["token"])
+        r = await client.post("/api/auth/sign-in/email", json={"email": email, "password": PASSWORD})
+        tokens.append(r.json()["token"])
+        await client.get("/api/auth/get-session")  # cookie
+        for token in tokens:
+            await client.get("/api/auth/verify", headers={"Authorization": f"Bearer {token}"})
+            await client.get(f"/api/auth/get-session?token={token}")
+            await client.get("/api/auth/verify", headers={"Authorization": f"Bearer {token}!"})
+        await client.post("/api/auth/sign-out")
+        await client.post("/api/auth/sign-out", headers={"Authorization": f"Bearer {tokens[0]}"})
+    out, err = capfd.readouterr()
+    logs = out + err
+    assert "auth.signed_in" in logs
+    assert "http.request" in logs
+    for token in tokens:
+        assert token not in logs
