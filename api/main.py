@@ -10,6 +10,7 @@ from fastapi import FastAPI
 import shared
 from api.errors import install_error_handlers
 from api.middleware import install_middleware
+from api.observability import install_observability
 from api.openapi import install_openapi
 from api.routers import build_router
 from shared.clients import build_services
@@ -44,4 +45,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_router())
     install_openapi(app)
     install_middleware(app, settings=settings)
+    install_observability(app)
     return app

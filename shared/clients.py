@@ -106,6 +106,8 @@ class Services:
     async def aclose(self) -> None:
         """Close every client (errors are logged, never raised: shutdown must finish)."""
         closers: list[Any] = []
+        if (observers := self.extras.pop("observers", None)) is not None:
+            closers.append(observers.aclose())  # shared.circuit_state: leave the shared view first
         if self.vectorstore is not None:
             closers.append(self.vectorstore.close())
         if self.openai is not None:
@@ -139,6 +141,9 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         settings, role=role, redis=services.redis, resilience=services.resilience
     )
     services.embedder = create_embedder(settings, services.openai, services.resilience)
+    from shared.circuit_state import start_process_observers
+
+    services.extras["observers"] = start_process_observers(services)
     for name, info in describe_upstreams(settings).items():
         if name != "database_url":
             log.info("startup.upstream", upstream=name, **info)

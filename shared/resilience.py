@@ -12,7 +12,14 @@ errors are classified into:
   counted as one breaker failure and raised as `UpstreamUnavailable`.
 
 While a breaker is open, `call` raises `UpstreamUnavailable` at once with `Retry-After` set to the time
-left before the trial call. `reset()` is the test hook.
+left before the trial call. Half-open admits ONE trial call at a time (a short lease), made without
+retries, so a dead upstream re-opens the breaker after one attempt instead of after a retry ladder.
+`reset()` is the test hook.
+
+Observers: `add_transition_listener(fn)` (called `fn(upstream, old, new)` on every state change; the
+cross-process publisher in `shared.circuit_state` uses it) and Prometheus metrics (`shared.metrics`).
+`adopt_open(...)` lets a process open its breaker because another process saw the outage (see
+docs/notes/resilience.md for why).
 """
 
 from __future__ import annotations
@@ -22,17 +29,24 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import backoff
 from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 
+import shared.metrics as metrics
 from shared.config import Settings
 from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
+from shared.logging import get_logger
 
 T = TypeVar("T")
+
+log = get_logger(__name__)
+
+#: How long a half-open trial call holds its lease before another caller may try.
+TRIAL_LEASE_S = 5.0
 
 __all__ = [
     "BreakerSnapshot",
@@ -177,8 +191,26 @@ class _Transient(Exception):
         super().__init__(str(original))
 
 
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of an error for /health/circuits (type and status only)."""
+    status = _status_of(exc)
+    name = type(exc).__name__
+    if status is not None:
+        return f"{name}: HTTP {status}"
+    text = str(exc).splitlines()[0][:160] if str(exc) else ""
+    # Connection errors can quote a DSN; never show anything that looks like credentials.
+    if "@" in text or "password" in text.lower() or "key" in text.lower():
+        text = ""
+    return f"{name}: {text}" if text else name
+
+
 class Breaker(CircuitBreaker):
     """A circuit breaker that remembers when it opened and the last error, and reports transitions."""
+
+    _state: str
+    _failure_count: int
+    _failure_threshold: int
+    _opened: float
 
     def __init__(
         self,
@@ -198,27 +230,61 @@ class Breaker(CircuitBreaker):
         self.recovery_timeout_s = float(recovery_timeout)
         self.opened_at: datetime | None = None
         self.last_error: str | None = None
-        self._on_transition = on_transition
+        self.last_error_at: datetime | None = None
+        self.last_success_at: datetime | None = None
+        self.adopted_from: int | None = None
+        self._listeners: list[Callable[[Upstream, str, str], None]] = [on_transition] if on_transition else []
         self._reported_state = STATE_CLOSED
+        self._trial_until = 0.0
+
+    # -- state changes -------------------------------------------------------------------------
+    def add_listener(self, listener: Callable[[Upstream, str, str], None]) -> None:
+        """Call `listener(upstream, old_state, new_state)` on every transition."""
+        self._listeners.append(listener)
+
+    def _opened_wall(self) -> datetime:
+        """Wall-clock time of the last opening (the library keeps a monotonic stamp)."""
+        return datetime.now(UTC) - timedelta(seconds=time.monotonic() - self._opened)
 
     def _notify(self) -> None:
         state = self.state
         if state != self._reported_state:
             previous, self._reported_state = self._reported_state, state
             if state == STATE_OPEN:
-                self.opened_at = datetime.now(UTC)
-            if self._on_transition is not None:
-                self._on_transition(self.upstream, previous, state)
+                self.opened_at = self._opened_wall()
+            if state == STATE_CLOSED:
+                self.adopted_from = None
+            metrics.record_breaker_transition(self.upstream.value, previous, state)
+            log.warning(
+                "circuit.transition",
+                upstream=self.upstream.value,
+                previous=previous,
+                state=state,
+                failure_count=self._failure_count,
+                last_error=self.last_error,
+            )
+            for listener in list(self._listeners):
+                try:
+                    listener(self.upstream, previous, state)
+                except Exception as exc:  # pragma: no cover - observers must never break a call
+                    log.warning("circuit.listener_failed", error=type(exc).__name__)
+        elif state == STATE_OPEN and self.opened_at is not None:
+            # Re-opened after a failed trial that nobody observed as half_open: keep opened_at exact.
+            self.opened_at = self._opened_wall()
 
     def record_success(self) -> None:
         """A call succeeded: close the breaker."""
+        self._trial_until = 0.0
+        self.last_success_at = datetime.now(UTC)
         if self._failure_count or self._state != STATE_CLOSED:
             self.reset()
         self._notify()
 
     def record_failure(self, exc: BaseException) -> None:
         """A call failed transiently: count it (opens at the threshold)."""
-        self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self._trial_until = 0.0
+        self.last_error = _describe(exc)
+        self.last_error_at = datetime.now(UTC)
         with self:  # reuse the library's own failure accounting
             raise _Transient(exc)
 
@@ -227,20 +293,64 @@ class Breaker(CircuitBreaker):
         self._notify()
         return True  # swallow: record_failure only records
 
+    def adopt_open(self, *, opened_at: datetime, last_error: str | None, source_pid: int) -> bool:
+        """Open because another process opened at `opened_at`; False when that is stale or already known.
+
+        Adopted only when it is newer than this process's own last opening and last success, and
+        while some of its recovery window remains; the local timer then runs out at the same moment.
+        """
+        if self._state == STATE_OPEN and self.state == STATE_OPEN:
+            return False
+        remaining = (opened_at - datetime.now(UTC)).total_seconds() + self.recovery_timeout_s
+        if remaining <= 0.2:
+            return False
+        if self.last_success_at is not None and self.last_success_at >= opened_at:
+            return False
+        if self._state == STATE_OPEN and self._opened_wall() >= opened_at - timedelta(milliseconds=1):
+            return False
+        self._state = STATE_OPEN
+        self._failure_count = max(self._failure_count, self._failure_threshold)
+        self._opened = time.monotonic() - (datetime.now(UTC) - opened_at).total_seconds()
+        self._trial_until = 0.0
+        self.adopted_from = source_pid
+        if last_error:
+            self.last_error = last_error
+        self._notify()
+        self.opened_at = opened_at
+        return True
+
+    # -- reading -------------------------------------------------------------------------------
     def refresh(self) -> str:
         """Current state, reporting an open -> half_open transition that happened by time passing."""
         self._notify()
         return str(self.state)
 
+    def acquire_trial(self) -> bool:
+        """In half_open, take the single trial lease; False while another caller holds it."""
+        now = time.monotonic()
+        if now < self._trial_until:
+            return False
+        self._trial_until = now + min(TRIAL_LEASE_S, self.recovery_timeout_s)
+        return True
+
+    def trial_busy(self) -> bool:
+        """True while a half-open trial call is in flight."""
+        return time.monotonic() < self._trial_until
+
+    def release_trial(self) -> None:
+        """End a trial that neither proved nor disproved the upstream (e.g. a caller error)."""
+        self._trial_until = 0.0
+
     def snapshot(self) -> BreakerSnapshot:
         """State for /health/circuits."""
         state = self.refresh()
+        opened_at = self._opened_wall() if state != STATE_CLOSED else None
         return BreakerSnapshot(
             state=state,
             failure_count=self.failure_count,
             failure_threshold=self._failure_threshold,
             recovery_timeout_s=self.recovery_timeout_s,
-            opened_at=self.opened_at.isoformat() if self.opened_at and state != STATE_CLOSED else None,
+            opened_at=opened_at.isoformat() if opened_at else None,
             last_error=self.last_error,
         )
 
@@ -284,19 +394,36 @@ class Resilience:
             for upstream in Upstream
         }
         self.misconfigured: dict[Upstream, str] = {}
+        #: Retries performed and calls that failed after retrying, per upstream (also in /metrics).
+        self.retries: dict[Upstream, int] = dict.fromkeys(Upstream, 0)
+        self.failed_calls: dict[Upstream, int] = dict.fromkeys(Upstream, 0)
+        self.last_latency_s = 0.0
 
     def breaker(self, upstream: Upstream) -> Breaker:
         """The breaker of one upstream."""
         return self.breakers[upstream]
 
+    def add_transition_listener(self, listener: Callable[[Upstream, str, str], None]) -> None:
+        """Observe every breaker's transitions (`listener(upstream, old, new)`)."""
+        for breaker in self.breakers.values():
+            breaker.add_listener(listener)
+
     def is_open(self, upstream: Upstream) -> bool:
-        """True while calls to `upstream` are refused without trying."""
-        return self.breakers[upstream].refresh() == STATE_OPEN
+        """True while calls to `upstream` are refused without trying (open, or half-open mid-trial)."""
+        breaker = self.breakers[upstream]
+        state = breaker.refresh()
+        return state == STATE_OPEN or (state == STATE_HALF_OPEN and breaker.trial_busy())
 
     def ensure_available(self, upstream: Upstream) -> None:
-        """Raise `UpstreamUnavailable` at once when the breaker is open."""
+        """Raise `UpstreamUnavailable` at once when the breaker refuses calls.
+
+        In half-open the first caller takes the trial lease and goes ahead; it must then report
+        `record_success` / `record_failure` (`call` does so itself).
+        """
         breaker = self.breakers[upstream]
-        if breaker.refresh() == STATE_OPEN:
+        state = breaker.refresh()
+        if state == STATE_OPEN or (state == STATE_HALF_OPEN and not breaker.acquire_trial()):
+            metrics.record_rejected(upstream.value)
             raise UpstreamUnavailable(
                 f"{FRIENDLY_NAME[upstream]} is temporarily unavailable. Please try again shortly.",
                 upstream=upstream.value,
@@ -312,13 +439,27 @@ class Resilience:
         """Classify and count a failure made outside `call`; return the error to raise."""
         kind = classify_error(upstream, exc)
         if kind is ErrorKind.CREDENTIALS:
+            self.breakers[upstream].release_trial()
             return self._misconfigured(upstream)
         if kind is ErrorKind.TRANSIENT:
             self.breakers[upstream].record_failure(exc)
+        else:
+            self.breakers[upstream].release_trial()
         return self._unavailable(upstream)
+
+    def mark_misconfigured(self, upstream: Upstream) -> UpstreamMisconfigured:
+        """Record that `upstream` rejected our credentials (without touching the breaker)."""
+        return self._misconfigured(upstream)
 
     def _misconfigured(self, upstream: Upstream) -> UpstreamMisconfigured:
         variable = CREDENTIAL_VARIABLE[upstream]
+        if upstream not in self.misconfigured:
+            log.error(
+                "upstream.credentials_rejected",
+                upstream=upstream.value,
+                variable=variable,
+                hint=f"{variable} was rejected; fix the configuration (this is not an outage)",
+            )
         self.misconfigured[upstream] = f"{variable} was rejected by {upstream.value}"
         return UpstreamMisconfigured(
             f"{FRIENDLY_NAME[upstream]} rejected this server's credentials ({variable}). "
@@ -346,8 +487,11 @@ class Resilience:
     ) -> T:
         """Run `fn` behind the upstream's breaker with retries; raise domain errors on failure.
 
-        `retry=False` is for non-idempotent work: one attempt, still counted by the breaker.
+        `retry=False` is for non-idempotent work: one attempt, still counted by the breaker. A
+        half-open trial is always a single attempt.
         """
+        breaker = self.breakers[upstream]
+        trial = breaker.refresh() == STATE_HALF_OPEN
         self.ensure_available(upstream)
         chosen = policy or self.policies[upstream]
 
@@ -360,11 +504,22 @@ class Resilience:
                 raise
 
         def on_backoff(details: Any) -> None:
+            wait = float(details.get("wait", 0.0))
+            self.retries[upstream] += 1
+            metrics.record_retry(upstream.value)
+            exc = details.get("exception")
+            log.info(
+                "upstream.retry",
+                upstream=upstream.value,
+                attempt=details.get("tries"),
+                wait_s=round(wait, 3),
+                error=_describe(exc.original) if isinstance(exc, _Transient) else None,
+            )
             if self._on_retry is not None:
-                self._on_retry(upstream, float(details.get("wait", 0.0)))
+                self._on_retry(upstream, wait)
 
         runner: Callable[[], Awaitable[T]] = attempt
-        if retry and chosen.max_tries > 1:
+        if retry and not trial and chosen.max_tries > 1:
             runner = backoff.on_exception(
                 lambda: _wait_gen(chosen),
                 _Transient,
@@ -372,21 +527,26 @@ class Resilience:
                 max_time=chosen.max_time_s,
                 jitter=None,
                 on_backoff=on_backoff,
-                giveup=lambda _exc: self.breakers[upstream].refresh() == STATE_OPEN,
+                giveup=lambda _exc: breaker.refresh() == STATE_OPEN,
                 raise_on_giveup=True,
             )(attempt)
         started = time.monotonic()
         try:
             result = await runner()
         except _Transient as exc:
-            self.breakers[upstream].record_failure(exc.original)
+            metrics.observe_upstream(upstream.value, "failure", time.monotonic() - started)
+            self.failed_calls[upstream] += 1
+            breaker.record_failure(exc.original)
             raise self._unavailable(upstream) from exc.original
-        except Exception as exc:
-            if classify_error(upstream, exc) is ErrorKind.CREDENTIALS:
+        except BaseException as exc:
+            breaker.release_trial()
+            if isinstance(exc, Exception) and classify_error(upstream, exc) is ErrorKind.CREDENTIALS:
+                metrics.observe_upstream(upstream.value, "rejected", time.monotonic() - started)
                 raise self._misconfigured(upstream) from exc
             raise
-        self.record_success(upstream)
         self.last_latency_s = time.monotonic() - started
+        metrics.observe_upstream(upstream.value, "success", self.last_latency_s)
+        self.record_success(upstream)
         return result
 
     def snapshot(self) -> dict[str, BreakerSnapshot]:
@@ -398,9 +558,14 @@ class Resilience:
         for breaker in self.breakers.values():
             breaker.reset()
             breaker.last_error = None
+            breaker.last_error_at = None
             breaker.opened_at = None
+            breaker.adopted_from = None
+            breaker.release_trial()
             breaker.refresh()
         self.misconfigured.clear()
+        self.retries = dict.fromkeys(Upstream, 0)
+        self.failed_calls = dict.fromkeys(Upstream, 0)
 
 
 STATES = (STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import shared
 from api.deps import ServicesDep
+from shared.circuit_state import ProcessObservers, merged_circuits
 from shared.constants import SERVICE_NAME
 from shared.readiness import ReadinessProbe
+
+#: Response header naming the process that answered (lets tests and operators see every worker agrees).
+SERVED_BY = "X-Served-By"
 
 router = APIRouter(tags=["health"])
 
@@ -37,10 +41,17 @@ async def ready(request: Request, services: ServicesDep) -> JSONResponse:
     probe: ReadinessProbe = getattr(request.app.state, "readiness", None) or ReadinessProbe()
     request.app.state.readiness = probe
     report = await probe.run(services)
-    return JSONResponse(report, status_code=503 if report["status"] == "unavailable" else 200)
+    return JSONResponse(
+        report,
+        status_code=503 if report["status"] == "unavailable" else 200,
+        headers={SERVED_BY: str(os.getpid())},
+    )
 
 
-@router.get("/health/circuits", summary="Circuit breaker state")
-async def circuits(services: ServicesDep) -> dict[str, Any]:
-    """One entry per breaker (this process's view; the resilience work merges all processes)."""
-    return {name: snap.as_dict() for name, snap in services.resilience.snapshot().items()}
+@router.get("/health/circuits", summary="Circuit breaker state, merged over every live process")
+async def circuits(services: ServicesDep) -> JSONResponse:
+    """One entry per breaker; the state is the worst over every API worker and the arq worker."""
+    observers = services.extras.get("observers")
+    sync = observers.sync if isinstance(observers, ProcessObservers) else None
+    body = await merged_circuits(resilience=services.resilience, redis=services.redis, sync=sync)
+    return JSONResponse(body, headers={SERVED_BY: str(os.getpid()), "Cache-Control": "no-store"})

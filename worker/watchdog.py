@@ -1,0 +1,120 @@
+"""Worker watchdog: a supervisord event listener that restarts a *hung* arq worker.
+
+supervisord already restarts a worker that crashes; a worker that hangs (a blocked event loop, a
+deadlock, a SIGSTOP) keeps its pid and would be left alone. The arq worker refreshes its health-check
+key (`lectern:queue:health-check`, TTL interval + 1 s) every few seconds; when that key has been missing
+for `WATCHDOG_STALE_S` seconds while supervisord says the worker is RUNNING (and has been for more than
+`WATCHDOG_STARTUP_GRACE_S`), the watchdog SIGKILLs it and supervisord's `autorestart` starts a new one.
+(SIGKILL, because a stopped process cannot act on SIGTERM; arq puts its unfinished jobs back on the
+queue when their in-progress marker expires.) If Redis itself cannot be read, nothing is restarted:
+that is not the worker's fault.
+
+supervisord runs it as the `watchdog` program (`events=TICK_5`); it speaks the event-listener protocol
+on stdin/stdout and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from shared.constants import HEALTH_CHECK_KEY
+
+PROGRAM = "worker"
+STALE_S = float(os.environ.get("WATCHDOG_STALE_S", "20"))
+STARTUP_GRACE_S = float(os.environ.get("WATCHDOG_STARTUP_GRACE_S", "30"))
+RUNNING = 20  # supervisord ProcessStates.RUNNING
+
+
+@dataclass
+class Watchdog:
+    """The decision logic, separate from the protocol and the clients (so it can be tested)."""
+
+    stale_s: float = STALE_S
+    startup_grace_s: float = STARTUP_GRACE_S
+    missing_since: float | None = None
+    watched_pid: int | None = None
+    restarts: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def decide(self, *, now: float, state: int, pid: int, started_at: float, key_present: bool | None) -> bool:
+        """True when the worker should be killed. `key_present=None` means Redis could not be read."""
+        if state != RUNNING or pid != self.watched_pid:
+            self.watched_pid = pid if state == RUNNING else None
+            self.missing_since = None
+            if state != RUNNING:
+                return False
+        if key_present is None or key_present:
+            self.missing_since = None
+            return False
+        if now - started_at < self.startup_grace_s:
+            return False
+        if self.missing_since is None:
+            self.missing_since = now
+        return now - self.missing_since >= self.stale_s
+
+
+def _log(stream: TextIO, event: str, **fields: Any) -> None:
+    stream.write(json.dumps({"event": event, "logger": "worker.watchdog", "role": "watchdog", **fields}) + "\n")
+    stream.flush()
+
+
+def _redis_client() -> Any:
+    import redis
+
+    from shared.config import load_settings
+
+    url = load_settings().effective_redis_url
+    if url.startswith("unix://"):
+        return redis.Redis(unix_socket_path=url[len("unix://") :], socket_timeout=2, socket_connect_timeout=2)
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _key_present(client: Any) -> bool | None:
+    try:
+        return bool(client.exists(HEALTH_CHECK_KEY))
+    except Exception:
+        return None
+
+
+def run(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> None:
+    """The event-listener loop: READY, read one event, check, answer OK; forever."""
+    from supervisor import childutils
+
+    rpc = childutils.getRPCInterface(os.environ)
+    client = _redis_client()
+    dog = Watchdog()
+    _log(stderr, "watchdog.started", stale_s=dog.stale_s, startup_grace_s=dog.startup_grace_s)
+    while True:
+        headers, _payload = childutils.listener.wait(stdin, stdout)
+        try:
+            if headers.get("eventname", "").startswith("TICK"):
+                info = rpc.supervisor.getProcessInfo(PROGRAM)
+                now = time.time()
+                present = _key_present(client)
+                if dog.decide(
+                    now=now,
+                    state=int(info["state"]),
+                    pid=int(info["pid"]),
+                    started_at=float(info["start"]),
+                    key_present=present,
+                ):
+                    stale_for = round(now - (dog.missing_since or now), 1)
+                    _log(stderr, "watchdog.worker_hung", pid=info["pid"], stale_for_s=stale_for, action="SIGKILL")
+                    rpc.supervisor.signalProcess(PROGRAM, "KILL")
+                    dog.restarts += 1
+                    dog.missing_since = None
+                    from shared.metrics import record_watchdog_restart
+
+                    record_watchdog_restart("health_check_stale")
+        except Exception as exc:
+            _log(stderr, "watchdog.check_failed", error=type(exc).__name__)
+        childutils.listener.ok(stdout)
+
+
+if __name__ == "__main__":
+    run()
