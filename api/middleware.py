@@ -43,6 +43,8 @@ SECURITY_HEADERS = (
 
 GENERIC_500 = "Something went wrong on our side. Please try again."
 MiB = 1024 * 1024
+#: Total size of the request's header names and values (h11 refuses blocks over 16 KiB read in pieces).
+MAX_HEADER_BYTES = 16 * 1024
 #: Browsers cache a successful preflight this long (seconds); Chromium caps it at 7200.
 CORS_MAX_AGE = 600
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "X-API-Key", "Accept", "Cache-Control")
@@ -82,6 +84,12 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         clear_context()
         bind_context(request_id=request_id)
+        if sum(len(k) + len(v) for k, v in scope.get("headers", ())) > MAX_HEADER_BYTES:
+            # h11 refuses oversized headers only when they arrive in pieces; this makes it deterministic.
+            send = _with_context_headers(send, request_id)
+            await send_json_error(scope, send, 431, "The request headers are too large.", "headers_too_large")
+            clear_context()
+            return
         started = time.perf_counter()
         status = 500
 
@@ -134,6 +142,18 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
             if not k.startswith("access-control-") and k != "content-length" and k != "content-type"
         }
         return JSONResponse(body, status_code=400, headers=keep)
+
+
+def _with_context_headers(send: Send, request_id: str) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            headers["x-request-id"] = request_id
+            for name, value in SECURITY_HEADERS:
+                headers.setdefault(name, value)
+        await send(message)
+
+    return wrapped
 
 
 class ErrorEnvelopeMiddleware:

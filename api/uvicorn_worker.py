@@ -12,4 +12,6 @@ class LecternUvicornWorker(UvicornWorker):
         **UvicornWorker.CONFIG_KWARGS,
         "server_header": False,
         "access_log": False,
+        # h11 with the JSON error envelope for requests h11 refuses (431 oversized headers, 400 malformed).
+        "http": "api.http_protocol:EnvelopeH11Protocol",
     }

@@ -206,3 +206,12 @@ def test_body_under_limit_passes(client: TestClient) -> None:
     response = client.post("/_t/echo", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
     assert response.json() == {"text": "ok", "count": 1}
+
+
+def test_huge_headers_are_431_envelope(client: TestClient) -> None:
+    """Request headers over 16 KiB in total are refused with 431 in the envelope, before any route runs."""
+    response = client.post("/_t/echo", json={"text": "hi"}, headers={"X-Padding": "a" * 20_000})
+    assert_envelope(response, 431, "headers_too_large")
+    many = {f"X-H{i}": "b" * 200 for i in range(100)}
+    assert_envelope(client.get("/health", headers=many), 431, "headers_too_large")
+    assert client.get("/health", headers={"X-Padding": "a" * 4000}).status_code == 200
