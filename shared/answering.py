@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.clients import Services
-from shared.errors import LlmUnavailable, UpstreamUnavailable
-from shared.llm import Message, complete, open_stream
+from shared.errors import LlmUnavailable, UpstreamMisconfigured, UpstreamUnavailable
+from shared.llm import LlmStalled, Message, complete, open_stream
 from shared.logging import get_logger
 from shared.resilience import Upstream
 from shared.retrieval import Passage
@@ -229,6 +229,8 @@ async def generate(*, services: Services, plan: AnswerPlan) -> AnswerPlan:
         text = await complete(services=services, messages=plan.messages)
     except LlmUnavailable:
         return _fallback(plan)
+    except UpstreamMisconfigured:
+        raise  # a rejected OPENAI_API_KEY is the operator's to fix: a clear 503, not a silent fallback
     except UpstreamUnavailable as exc:
         log.warning("answer.llm_fallback", code=exc.code)
         return _fallback(plan)
@@ -252,6 +254,10 @@ async def stream_answer(*, services: Services, plan: AnswerPlan) -> tuple[Answer
         return plan, _once(plan.text or "")
     try:
         deltas = await open_stream(services=services, messages=plan.messages)
+    except LlmStalled:
+        raise  # a silent model is reported as such, not papered over after a long wait
+    except UpstreamMisconfigured:
+        raise  # a rejected OPENAI_API_KEY is the operator's to fix: a clear 503, not a silent fallback
     except UpstreamUnavailable as exc:
         log.warning("answer.llm_fallback", code=exc.code)
         fallback = _fallback(plan)

@@ -16,11 +16,11 @@ from typing import Protocol
 from shared.answering import AnswerPlan, plan_answer
 from shared.clients import Services
 from shared.db.models import new_id
-from shared.history import get_owned_session, recent_messages, store_exchange, title_from_query
+from shared.history import get_owned_session, recent_messages, start_session, store_exchange, title_from_query
 from shared.llm import Message
 from shared.retrieval import retrieve
 
-__all__ = ["ChatUser", "Turn", "finish_turn", "open_turn", "plan_turn"]
+__all__ = ["ChatUser", "Turn", "ensure_session", "finish_turn", "open_turn", "plan_turn"]
 
 
 class ChatUser(Protocol):
@@ -97,6 +97,15 @@ async def plan_turn(*, services: Services, turn: Turn) -> AnswerPlan:
         history=turn.history,
         proficiency=turn.proficiency,
     )
+
+
+async def ensure_session(*, services: Services, turn: Turn) -> None:
+    """Create the turn's new session now (a stream announces its id before the answer exists)."""
+    if turn.user_id is None or turn.session_id is None or turn.new_session_title is None:
+        return
+    async with services.sessions() as db:
+        await start_session(db=db, user_id=turn.user_id, title=turn.new_session_title, session_id=turn.session_id)
+    turn.new_session_title = None
 
 
 async def finish_turn(*, services: Services, turn: Turn, plan: AnswerPlan, answer: str) -> str | None:

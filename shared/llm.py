@@ -76,7 +76,8 @@ async def open_stream(
     """Open a streaming completion and return an iterator of text deltas.
 
     Opening (until the response headers arrive) is retried behind the breaker, so an upstream that is
-    down fails here, before the caller has promised anything to its client. The returned iterator
+    down fails here, before the caller has promised anything to its client; opening also counts against
+    the idle timeout (`LlmStalled`). The returned iterator
     raises `LlmStalled` when no token arrives for `idle_timeout_s`, `UpstreamUnavailable` when the
     stream breaks, and always closes the upstream response (closing it is how a client disconnect
     cancels the upstream request).
@@ -88,8 +89,15 @@ async def open_stream(
         "temperature": temperature,
         "stream": True,
     }
-    upstream = await services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs))
     timeout = idle_timeout_s if idle_timeout_s is not None else services.settings.chat_stream_idle_timeout_s
+    try:
+        upstream = await asyncio.wait_for(
+            services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs)), timeout
+        )
+    except TimeoutError as exc:
+        services.resilience.record_failure(Upstream.OPENAI, exc)
+        log.warning("llm.stream_stalled", idle_timeout_s=timeout, phase="open")
+        raise LlmStalled(f"The language model sent nothing for {timeout:g} s. Please try again.") from None
     return _deltas(services=services, upstream=upstream, idle_timeout_s=timeout)
 
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import ServicesDep
+from api.deps import ChatRateLimitDep, ServicesDep
 from shared.content import Level, adjust_texts, translate_texts
 
-router = APIRouter(tags=["content"])
+router = APIRouter(tags=["content"], dependencies=[ChatRateLimitDep])
 
 MAX_TEXT = 10_000
 MAX_TEXTS = 20

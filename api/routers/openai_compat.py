@@ -13,12 +13,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import OptionalUser, ServicesDep
+from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
+from api.errors import stream_error_payload
 from api.sse import EventStreamResponse, format_event, with_heartbeat
 from shared.answering import AnswerPlan, generate, stream_answer
 from shared.chat import Turn, open_turn, plan_turn
 from shared.clients import Services
-from shared.errors import InvalidInput, LecternError
+from shared.errors import InvalidInput
 from shared.llm import Message
 from shared.logging import get_logger
 
@@ -81,7 +82,7 @@ async def list_models() -> dict[str, Any]:
     }
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, dependencies=[ChatRateLimitDep])
 async def chat_completions(
     body: CompletionRequest, services: ServicesDep, user: OptionalUser
 ) -> JSONResponse | EventStreamResponse:
@@ -153,11 +154,9 @@ async def _stream(*, services: Services, turn: Turn, completion_id: str, created
             if aclose is not None:
                 await aclose()
         yield _chunk(completion_id, created, {}, "stop")
-    except LecternError as exc:
-        log.warning("openai_compat.stream_error", code=exc.code)
-        yield format_event(None, {"error": {"message": exc.detail, "type": exc.code, "code": exc.code}})
     except Exception as exc:
-        log.error("openai_compat.stream_failed", error=type(exc).__name__, exc_info=exc)
-        detail = "Something went wrong on our side. Please try again."
-        yield format_event(None, {"error": {"message": detail, "type": "internal_error", "code": "internal_error"}})
+        payload = stream_error_payload(exc)
+        yield format_event(
+            None, {"error": {"message": payload["detail"], "type": payload["code"], "code": payload["code"]}}
+        )
     yield "data: [DONE]\n\n"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from api.main import create_app
@@ -98,3 +99,76 @@ async def chat_app(
             services.vectorstore = own
             with contextlib.suppress(Exception):
                 services.resilience.reset()
+
+
+@asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """Serve an app whose lifespan already runs with uvicorn on a loopback port, in this event loop.
+
+    Real sockets are what let a test see a client disconnect travel all the way to the upstream call.
+    """
+    import uvicorn
+
+    from tests.fakes.openai_server import free_port
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+def chat_settings(*, openai_base_url: str | None, offline: bool = False, **overrides: Any) -> Settings:
+    """Settings for an in-process chat app: temp DATA_DIR (SQLite), a scratch Redis db, the fake LLM."""
+    import tempfile
+    import uuid
+
+    from tests.conftest import REDIS_TEST_URL
+
+    values: dict[str, Any] = {
+        "data_dir": tempfile.mkdtemp(prefix="lectern-chat-"),
+        "redis_url": f"{REDIS_TEST_URL}/{1 + uuid.uuid4().int % 15}",
+        "better_auth_secret": "chat-test-secret-" + uuid.uuid4().hex,
+        "rate_limit_chat": "100000/minute",
+        "log_format": "console",
+    }
+    if not offline:
+        values.update(openai_api_key="sk-test-chat", openai_base_url=openai_base_url)
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def sign_up(client: httpx.AsyncClient, *, proficiency: str = "pro", name: str = "Reader") -> dict[str, str]:
+    """Create an account; returns the Authorization header for it."""
+    import uuid
+
+    response = await client.post(
+        "/api/auth/sign-up",
+        json={
+            "email": f"reader-{uuid.uuid4().hex[:10]}@example.com",
+            "name": name,
+            "password": "correct horse battery",
+            "proficiency": proficiency,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+@pytest.fixture(scope="module")
+async def corpus_store(fake_openai: Any) -> AsyncIterator[VectorStore]:
+    """A local-mode Qdrant holding the whole textbook (embedded by the fake server), per test module."""
+    settings = chat_settings(openai_base_url=fake_openai.url)
+    services, chunks = await indexed_store(settings)
+    assert chunks > 100
+    assert services.vectorstore is not None
+    yield services.vectorstore
+    await services.aclose()
