@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Header, Request, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth_support import AuthRuntime, auth_runtime, authenticate
 from shared.clients import Services
 from shared.config import Settings
-from shared.errors import RateLimited, Unauthorized
+from shared.errors import RateLimited, Unauthorized, UpstreamUnavailable
 from shared.ratelimit import RateLimit, client_ip
 from shared.sessions import AuthContext
 from shared.users import AuthUser
+from shared.vectorstore import VectorStore
 
 
 def get_settings(request: Request) -> Settings:
@@ -106,3 +108,27 @@ async def enforce_chat_rate_limit(
 #: Add to chat, translate and adjust-content routes: `dependencies=[ChatRateLimitDep]` or `_: ChatRateLimit`.
 ChatRateLimitDep = Depends(enforce_chat_rate_limit)
 ChatRateLimit = Annotated[None, ChatRateLimitDep]
+
+
+def get_vectorstore(services: Annotated[Services, Depends(get_services)]) -> VectorStore:
+    """The process's vector store (in embedded mode, the RPC client to the worker's local store)."""
+    if services.vectorstore is None:
+        raise UpstreamUnavailable("The search index is not available yet.", upstream="qdrant", retry_after=5)
+    return services.vectorstore
+
+
+def require_admin(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Admin endpoints: `X-API-Key` must equal ADMIN_API_KEY (open in development when it is unset)."""
+    expected = settings.admin_api_key
+    if expected is None and not settings.is_production:
+        return
+    if (
+        expected is None
+        or not x_api_key
+        or not hmac.compare_digest(x_api_key.encode(), expected.get_secret_value().encode())
+    ):
+        raise Unauthorized("A valid X-API-Key header is required for this endpoint.", code="invalid_api_key")
+
+
+VectorStoreDep = Annotated[VectorStore, Depends(get_vectorstore)]
+AdminKey = Annotated[None, Depends(require_admin)]

@@ -157,8 +157,12 @@ class VectorStore(Protocol):
         """Remove every chunk of a source; returns how many there were."""
         ...
 
-    async def replace_source(self, source: str, points: Sequence[ChunkPoint]) -> int:
-        """Make the source's chunks exactly `points` (upsert, then drop higher chunk indexes)."""
+    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
+        """Make the source's chunks exactly `points` (upsert, then drop chunk indexes >= `total`).
+
+        `total` (default `len(points)`) lets a caller upsert only the chunks that changed while the
+        unchanged ones (same id, same content) stay as they are.
+        """
         ...
 
     async def chunk_hashes(self, source: str) -> dict[int, str]:
@@ -313,8 +317,8 @@ class QdrantVectorStore:
             )
         return existing
 
-    async def replace_source(self, source: str, points: Sequence[ChunkPoint]) -> int:
-        """Upsert `points`, then delete the source's chunks with an index past the new count.
+    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
+        """Upsert `points`, then delete the source's chunks with an index past the new count (`total`).
 
         Ids are deterministic, so a crash between the two steps leaves only chunks that a re-run
         overwrites or deletes: the store converges to exactly `points`.
@@ -323,7 +327,9 @@ class QdrantVectorStore:
         await self._call(
             "delete",
             collection_name=self.collection,
-            points_selector=models.FilterSelector(filter=_source_filter(source, min_chunk_index=len(points))),
+            points_selector=models.FilterSelector(
+                filter=_source_filter(source, min_chunk_index=len(points) if total is None else total)
+            ),
             wait=True,
         )
         return written
@@ -548,9 +554,9 @@ class RemoteVectorStore:
         """Remove a source's chunks through the worker."""
         return int(await self._rpc("delete_source", source=source))
 
-    async def replace_source(self, source: str, points: Sequence[ChunkPoint]) -> int:
+    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
         """Replace a source's chunks through the worker."""
-        return int(await self._rpc("replace_source", source=source, points=list(points)))
+        return int(await self._rpc("replace_source", source=source, points=list(points), total=total))
 
     async def chunk_hashes(self, source: str) -> dict[int, str]:
         """Stored chunk hashes of a source."""

@@ -14,7 +14,7 @@ from shared.clients import build_services, redis_settings
 from shared.config import Settings
 from shared.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
 from shared.logging import get_logger
-from worker.jobs import JOB_FUNCTIONS
+from worker.jobs import JOB_FUNCTIONS, on_worker_shutdown, on_worker_startup
 
 log = get_logger(__name__)
 
@@ -25,11 +25,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     """Build the same clients the API builds, once per worker process."""
     settings: Settings = ctx["settings"]
     ctx["services"] = await build_services(settings, role=ROLE_WORKER)
+    await on_worker_startup(ctx)
     log.info("worker.started", queue=QUEUE_NAME)
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
     """Close the clients."""
+    await on_worker_shutdown(ctx)
     services = ctx.get("services")
     if services is not None:
         await services.aclose()
@@ -50,7 +52,9 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "handle_signals": True,
         "retry_jobs": True,
         "max_jobs": 4,
-        "job_timeout": 1800,
+        # Ingestion enforces INGEST_JOB_TIMEOUT itself (a clear error); arq's limit is the backstop.
+        "job_timeout": settings.ingest_job_timeout + 60,
+        "max_tries": settings.ingest_max_tries,
         "keep_result": 3600,
         "poll_delay": 0.2,
     }
