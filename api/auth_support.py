@@ -7,11 +7,11 @@ on first use from the process's settings and services; it holds no client of its
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from fastapi import Request, Response
 
+from shared import ratelimit
 from shared.auth import sign_cookie_value, unsign_cookie_value
 from shared.auth_limits import Rate, SignInLimiter
 from shared.cache import SessionCache
@@ -134,16 +134,9 @@ async def authenticate(request: Request, response: Response, runtime: AuthRuntim
 
 
 def client_ip(request: Request, settings: Settings) -> str:
-    """The client's IP: the peer, or the X-Forwarded-For entry written by the nearest trusted proxy."""
-    peer = request.client.host if request.client else "unknown"
-    hops = settings.effective_trusted_proxy_hops
-    if hops <= 0:
-        return peer
-    entries = [p.strip() for v in request.headers.getlist("x-forwarded-for") for p in v.split(",") if p.strip()]
-    if not entries:
-        return peer
-    candidate = entries[max(len(entries) - hops, 0)]
-    try:
-        return str(ipaddress.ip_address(candidate))
-    except ValueError:
-        return peer
+    """The client's IP (peer, or X-Forwarded-For per TRUSTED_PROXY_HOPS), as the general rate limiter sees it."""
+    return ratelimit.client_ip(
+        peer=request.client.host if request.client else None,
+        forwarded_for=request.headers.getlist("x-forwarded-for"),
+        trusted_hops=settings.effective_trusted_proxy_hops,
+    )
