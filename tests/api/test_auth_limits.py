@@ -25,14 +25,21 @@ def _from(ip: str) -> dict[str, str]:
     return {"X-Forwarded-For": ip}
 
 
+def _net() -> str:
+    """A random /16 prefix, so counters left in Redis by an earlier run never meet this one."""
+    n = uuid.uuid4().int
+    return f"10.{n % 250}.{(n >> 8) % 250}"
+
+
 async def test_sign_in_limited_per_ip(limited: Any) -> None:
     """The 4th attempt in a minute from one IP is 429 with Retry-After, whatever the emails."""
+    net = _net()
     statuses = []
     for i in range(4):
         r = await limited.post(
             "/api/auth/sign-in/email",
             json={"email": f"nobody{i}@example.com", "password": "wrong-password"},
-            headers=_from("198.51.100.7"),
+            headers=_from(f"{net}.7"),
         )
         statuses.append(r.status_code)
     assert statuses == [401, 401, 401, 429]
@@ -43,7 +50,7 @@ async def test_sign_in_limited_per_ip(limited: Any) -> None:
     other = await limited.post(
         "/api/auth/sign-in/email",
         json={"email": "nobody9@example.com", "password": "x"},
-        headers=_from("198.51.100.8"),
+        headers=_from(f"{net}.8"),
     )
     assert other.status_code == 401
 
@@ -51,8 +58,9 @@ async def test_sign_in_limited_per_ip(limited: Any) -> None:
 async def test_sign_in_limited_per_email(limited: Any) -> None:
     """Attempts on one email from many IPs are limited too; the right password does not bypass it."""
     email = f"target-{uuid.uuid4().hex[:6]}@example.com"
+    net = _net()
     r = await limited.post(
-        "/api/auth/sign-up", json={"email": email, "name": "T", "password": PASSWORD}, headers=_from("203.0.113.1")
+        "/api/auth/sign-up", json={"email": email, "name": "T", "password": PASSWORD}, headers=_from(f"{net}.1")
     )
     assert r.status_code == 200
     statuses = []
@@ -60,11 +68,11 @@ async def test_sign_in_limited_per_email(limited: Any) -> None:
         r = await limited.post(
             "/api/auth/sign-in/email",
             json={"email": email.upper(), "password": "wrong-password"},
-            headers=_from(f"203.0.113.{10 + i}"),
+            headers=_from(f"{net}.{10 + i}"),
         )
         statuses.append(r.status_code)
     r = await limited.post(
-        "/api/auth/sign-in/email", json={"email": email, "password": PASSWORD}, headers=_from("203.0.113.99")
+        "/api/auth/sign-in/email", json={"email": email, "password": PASSWORD}, headers=_from(f"{net}.99")
     )
     statuses.append(r.status_code)
     assert statuses == [401, 401, 401, 429]
