@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from api.errors import ErrorEnvelope, ValidationErrorEnvelope
 
@@ -66,9 +66,9 @@ def _auth_kind(route: APIRoute) -> str | None:
     names = set(_dependency_names(route.dependant))
     if any("admin" in n for n in names):
         return "admin"
-    if any(n in {"get_current_user", "require_user", "current_user"} for n in names):
+    if names & {"get_current_user", "get_current_auth", "require_user", "current_user"}:
         return "user"
-    if any("user" in n or ("session" in n and "db" not in n) for n in names):
+    if any("optional" in n and ("user" in n or "auth" in n) for n in names):
         return "optional"
     return None
 
@@ -84,13 +84,13 @@ def _error_responses(route: APIRoute, method: str, operation: dict[str, Any], au
         codes |= {400, 413, 422}
     if operation.get("parameters"):
         codes.add(422)
-    if "{" in route.path:
+    if "{" in route.path_format:
         codes.add(404)
     if auth in {"admin", "user"}:
         codes.add(401)
     if _rate_limited(route):
         codes.add(429)
-    if route.path not in _NO_UPSTREAM_PATHS:
+    if route.path_format not in _NO_UPSTREAM_PATHS:
         codes.add(503)
     for status in route.responses:
         if str(status).isdigit() and int(status) >= 400:
@@ -124,12 +124,11 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         schemas.update(model_schema.pop("$defs", {}))
         schemas[model.__name__] = model_schema
     components["securitySchemes"] = {**components.get("securitySchemes", {}), **SECURITY_SCHEMES}
-    routes = {
-        (route.path, method.lower()): route
-        for route in app.routes
-        if isinstance(route, APIRoute)
-        for method in route.methods or ()
-    }
+    routes: dict[tuple[str, str], APIRoute] = {}
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.route, APIRoute):
+            for method in context.route.methods or ():
+                routes[(context.route.path_format, method.lower())] = context.route
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             route = routes.get((path, method))
