@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from circuitbreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBre
 
 import shared.metrics as metrics
 from shared.config import Settings
-from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
+from shared.errors import LecternError, UpstreamMisconfigured, UpstreamUnavailable
 from shared.logging import get_logger
 
 T = TypeVar("T")
@@ -147,16 +148,32 @@ def retry_after_of(exc: BaseException | None) -> float | None:
     return None
 
 
+#: PostgreSQL connection errors that mean DATABASE_URL is wrong (credentials, role, database, pg_hba).
+_DB_CONFIG_MARKERS = (
+    "authentication failed",
+    "password authentication",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+)
+
+
+#: `role "x" does not exist` / `database "x" does not exist` (not `relation ... does not exist`).
+_DB_MISSING = re.compile(r'\b(role|database) "[^"]*" does not exist')
+
+
 def classify_error(upstream: Upstream, exc: BaseException) -> ErrorKind:
     """Decide whether an upstream error is the caller's fault, a credential problem or transient."""
     if isinstance(exc, UpstreamMisconfigured):
         return ErrorKind.CREDENTIALS
+    if isinstance(exc, LecternError):
+        return ErrorKind.CALLER  # our own domain error (e.g. a nested breaker's 503): already accounted for
     if isinstance(exc, asyncio.TimeoutError | TimeoutError | ConnectionError | OSError):
         return ErrorKind.TRANSIENT
     status = _status_of(exc)
     if upstream is Upstream.DATABASE:
         text = str(exc).lower()
-        if "password authentication failed" in text or "authentication failed" in text:
+        if any(marker in text for marker in _DB_CONFIG_MARKERS) or _DB_MISSING.search(text):
             return ErrorKind.CREDENTIALS
         name = type(exc).__name__
         if name in {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"}:

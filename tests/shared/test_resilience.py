@@ -1,0 +1,227 @@
+"""Breakers, retries and error classification (`shared.resilience`), in-process and fast."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+from shared.errors import NotFound, UpstreamMisconfigured, UpstreamUnavailable
+from shared.resilience import ErrorKind, Resilience, RetryPolicy, Upstream, classify_error
+
+FAST = RetryPolicy(max_tries=3, max_time_s=5, base_s=0.01, cap_s=0.02)
+
+
+class StatusError(Exception):
+    """An HTTP error shaped like the SDKs' (status_code + optional Retry-After)."""
+
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status_code = status
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class OperationalError(Exception):
+    """Named like psycopg's / SQLAlchemy's connection-level error."""
+
+
+def make(threshold: int = 3, recovery: float = 0.5) -> Resilience:
+    """A registry with a small threshold and recovery timeout and fast retries."""
+    settings = Settings(_env_file=None, circuit_failure_threshold=threshold, circuit_recovery_timeout=recovery)
+    return Resilience(settings, policies=dict.fromkeys(Upstream, FAST))
+
+
+class Upstreamish:
+    """A scripted upstream: pops outcomes (exceptions raised, values returned) and counts calls."""
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def __call__(self) -> Any:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+@pytest.mark.parametrize(
+    ("upstream", "exc", "kind"),
+    [
+        (Upstream.OPENAI, StatusError(401), ErrorKind.CREDENTIALS),
+        (Upstream.QDRANT, StatusError(403), ErrorKind.CREDENTIALS),
+        (Upstream.OPENAI, StatusError(400), ErrorKind.CALLER),
+        (Upstream.OPENAI, StatusError(404), ErrorKind.CALLER),
+        (Upstream.OPENAI, StatusError(429), ErrorKind.TRANSIENT),
+        (Upstream.OPENAI, StatusError(500), ErrorKind.TRANSIENT),
+        (Upstream.OPENAI, StatusError(503), ErrorKind.TRANSIENT),
+        (Upstream.OPENAI, TimeoutError(), ErrorKind.TRANSIENT),
+        (Upstream.QDRANT, ConnectionRefusedError(), ErrorKind.TRANSIENT),
+        (Upstream.DATABASE, OperationalError('password authentication failed for user "x"'), ErrorKind.CREDENTIALS),
+        (Upstream.DATABASE, OperationalError("connection refused"), ErrorKind.TRANSIENT),
+        (Upstream.DATABASE, ValueError("bad query"), ErrorKind.CALLER),
+        (Upstream.OPENAI, UpstreamUnavailable("nested breaker"), ErrorKind.CALLER),
+        (Upstream.OPENAI, NotFound("no"), ErrorKind.CALLER),
+    ],
+)
+def test_classify_error(upstream: Upstream, exc: BaseException, kind: ErrorKind) -> None:
+    """Caller errors, rejected credentials and transient failures are told apart."""
+    assert classify_error(upstream, exc) is kind
+
+
+async def test_transient_errors_are_retried_then_succeed() -> None:
+    """Two 500s then success: one call returns, two retries counted, breaker stays closed."""
+    res = make()
+    fn = Upstreamish(StatusError(500), StatusError(500), "done")
+    assert await res.call(Upstream.OPENAI, fn) == "done"
+    assert fn.calls == 3
+    assert res.retries[Upstream.OPENAI] == 2
+    assert res.breaker(Upstream.OPENAI).state == "closed"
+
+
+async def test_retry_after_is_honoured() -> None:
+    """A 429 with Retry-After waits that long before the retry."""
+    res = make()
+    fn = Upstreamish(StatusError(429, retry_after=0.3), "done")
+    started = time.monotonic()
+    assert await res.call(Upstream.OPENAI, fn) == "done"
+    assert time.monotonic() - started >= 0.29
+
+
+async def test_non_idempotent_calls_are_not_retried() -> None:
+    """retry=False makes exactly one attempt and still counts the failure."""
+    res = make()
+    fn = Upstreamish(OperationalError("server closed the connection"), "never")
+    with pytest.raises(UpstreamUnavailable):
+        await res.call(Upstream.DATABASE, fn, retry=False)
+    assert fn.calls == 1
+    assert res.breaker(Upstream.DATABASE).failure_count == 1
+
+
+async def test_breaker_opens_at_threshold_and_fails_fast() -> None:
+    """After `threshold` failed calls the breaker is open: 503 with Retry-After, no upstream call."""
+    res = make(threshold=2, recovery=5)
+    fn = Upstreamish(*[StatusError(500)] * 10)
+    for _ in range(2):
+        with pytest.raises(UpstreamUnavailable):
+            await res.call(Upstream.OPENAI, fn, retry=False)
+    assert res.breaker(Upstream.OPENAI).state == "open"
+    assert res.is_open(Upstream.OPENAI)
+    calls = fn.calls
+    started = time.perf_counter()
+    with pytest.raises(UpstreamUnavailable) as info:
+        await res.call(Upstream.OPENAI, fn)
+    assert time.perf_counter() - started < 0.05
+    assert fn.calls == calls
+    assert info.value.code == "upstream_unavailable"
+    assert 1 <= int(info.value.headers["Retry-After"]) <= 5
+    assert res.snapshot()["openai"].opened_at is not None
+    assert "HTTP 500" in (res.snapshot()["openai"].last_error or "")
+
+
+async def test_half_open_admits_one_trial_then_closes() -> None:
+    """After the recovery timeout one trial goes through (others refused); its success closes the breaker."""
+    res = make(threshold=1, recovery=0.3)
+    with pytest.raises(UpstreamUnavailable):
+        await res.call(Upstream.QDRANT, Upstreamish(StatusError(502)), retry=False)
+    await asyncio.sleep(0.35)
+    assert res.breaker(Upstream.QDRANT).refresh() == "half_open"
+    gate = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await gate.wait()
+        return "ok"
+
+    trial = asyncio.create_task(res.call(Upstream.QDRANT, slow_ok))
+    await asyncio.sleep(0.01)
+    assert res.is_open(Upstream.QDRANT)  # the trial holds the lease
+    with pytest.raises(UpstreamUnavailable):
+        await res.call(Upstream.QDRANT, Upstreamish("second"))
+    gate.set()
+    assert await trial == "ok"
+    assert res.breaker(Upstream.QDRANT).state == "closed"
+    assert await res.call(Upstream.QDRANT, Upstreamish("again")) == "again"
+
+
+async def test_failed_trial_reopens_without_retrying() -> None:
+    """A half-open trial is a single attempt: its failure re-opens the breaker at once."""
+    res = make(threshold=1, recovery=0.2)
+    with pytest.raises(UpstreamUnavailable):
+        await res.call(Upstream.OPENAI, Upstreamish(StatusError(500)), retry=False)
+    await asyncio.sleep(0.25)
+    fn = Upstreamish(StatusError(500), StatusError(500), "ok")
+    with pytest.raises(UpstreamUnavailable):
+        await res.call(Upstream.OPENAI, fn)
+    assert fn.calls == 1
+    assert res.breaker(Upstream.OPENAI).state == "open"
+
+
+async def test_rejected_credentials_do_not_flap_the_breaker() -> None:
+    """401s raise UpstreamMisconfigured naming OPENAI_API_KEY and never count as failures."""
+    res = make(threshold=2)
+    for _ in range(5):
+        with pytest.raises(UpstreamMisconfigured) as info:
+            await res.call(Upstream.OPENAI, Upstreamish(StatusError(401)))
+        assert "OPENAI_API_KEY" in info.value.detail
+    breaker = res.breaker(Upstream.OPENAI)
+    assert breaker.state == "closed"
+    assert breaker.failure_count == 0
+    assert res.misconfigured[Upstream.OPENAI] == "OPENAI_API_KEY was rejected by openai"
+    await res.call(Upstream.OPENAI, Upstreamish("ok"))
+    assert Upstream.OPENAI not in res.misconfigured
+
+
+async def test_caller_errors_pass_through_uncounted() -> None:
+    """A 400 is the caller's problem: re-raised unchanged, not retried, not counted."""
+    res = make(threshold=1)
+    fn = Upstreamish(StatusError(400))
+    with pytest.raises(StatusError):
+        await res.call(Upstream.OPENAI, fn)
+    assert fn.calls == 1
+    assert res.breaker(Upstream.OPENAI).state == "closed"
+
+
+async def test_record_failure_for_streams() -> None:
+    """record_failure/record_success (used around streams) drive the same breaker."""
+    res = make(threshold=2)
+    err = res.record_failure(Upstream.OPENAI, TimeoutError())
+    assert isinstance(err, UpstreamUnavailable)
+    res.record_failure(Upstream.OPENAI, TimeoutError())
+    assert res.is_open(Upstream.OPENAI)
+    res.record_success(Upstream.OPENAI)
+    assert not res.is_open(Upstream.OPENAI)
+
+
+def test_transitions_reach_listeners_and_reset_closes() -> None:
+    """Listeners see closed->open; reset() closes every breaker and forgets errors."""
+    res = make(threshold=1)
+    seen: list[tuple[str, str, str]] = []
+    res.add_transition_listener(lambda u, a, b: seen.append((u.value, a, b)))
+    res.record_failure(Upstream.DATABASE, ConnectionError("down"))
+    assert seen == [("database", "closed", "open")]
+    res.reset()
+    assert seen[-1] == ("database", "open", "closed")
+    assert res.snapshot()["database"].last_error is None
+
+
+def test_adopt_open_from_a_peer() -> None:
+    """A peer's fresh opening is adopted once, with the peer's timer; stale or superseded ones are not."""
+    res = make(threshold=3, recovery=10)
+    breaker = res.breaker(Upstream.OPENAI)
+    peer_opened = datetime.now(UTC) - timedelta(seconds=2)
+    assert breaker.adopt_open(opened_at=peer_opened, last_error="APIError: HTTP 500", source_pid=42)
+    assert breaker.state == "open"
+    assert 7 <= breaker.open_remaining <= 9
+    assert breaker.adopted_from == 42
+    assert not breaker.adopt_open(opened_at=peer_opened, last_error=None, source_pid=43)  # already open
+    fresh = make(threshold=3, recovery=10).breaker(Upstream.OPENAI)
+    assert not fresh.adopt_open(opened_at=datetime.now(UTC) - timedelta(seconds=11), last_error=None, source_pid=1)
+    fresh.record_success()  # a success after the peer's opening wins
+    assert not fresh.adopt_open(opened_at=datetime.now(UTC) - timedelta(seconds=1), last_error=None, source_pid=1)
+    assert fresh.state == "closed"
