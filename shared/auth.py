@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import re
@@ -102,10 +101,11 @@ def verify_password(password: str, stored: str | None) -> bool:
     return matched and stored is not None
 
 
-@functools.cache
 def _dummy_hash() -> str:
-    # Computed on first use, not at import; the password is random and thrown away.
-    return hash_password(secrets.token_urlsafe(16))
+    # Same parameters as real hashes, so checking it costs one real scrypt; nothing can match it because
+    # verify_password returns False for stored=None whatever the comparison says.
+    p = SCRYPT_PARAMS
+    return f"scrypt${p.n}${p.r}${p.p}${_b64(bytes(_SALT_BYTES))}${_b64(bytes(p.dklen))}"
 
 
 async def hash_password_async(password: str) -> str:
