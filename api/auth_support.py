@@ -79,9 +79,9 @@ def auth_runtime(request: Request) -> AuthRuntime:
     """The app's AuthRuntime (built on first use; a dev secret is generated when none is configured)."""
     state = request.app.state
     runtime: AuthRuntime | None = getattr(state, "auth_runtime", None)
-    if runtime is None:
+    services: Services = state.services
+    if runtime is None or runtime.services is not services:  # rebuilt when a new lifespan built new clients
         settings: Settings = state.settings
-        services: Services = state.services
         secret = settings.better_auth_secret.get_secret_value() if settings.better_auth_secret else None
         runtime = AuthRuntime(
             settings=settings,
