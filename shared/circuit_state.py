@@ -157,6 +157,7 @@ class CircuitSync:
                 "last_error": snap.last_error,
                 "last_error_at": breaker.last_error_at.isoformat() if breaker.last_error_at else None,
                 "adopted_from": breaker.adopted_from,
+                "last_success_at": breaker.last_success_at.isoformat() if breaker.last_success_at else None,
                 "misconfigured": self.resilience.misconfigured.get(upstream),
             }
         return {"pid": self.pid, "role": self.role, "updated_at": _now().isoformat(), "breakers": breakers}
@@ -178,19 +179,25 @@ class CircuitSync:
             await self.publish()
 
     def sync_peers(self, processes: list[dict[str, Any]]) -> bool:
-        """Open local breakers for openings seen by other processes; True when one was adopted."""
+        """Adopt peers' openings (and, when half-open here, their later successes); True on a change."""
         adopted = False
         for proc in processes:
             if proc.get("pid") == self.pid and proc.get("role") == self.role:
                 continue
             for name, entry in (proc.get("breakers") or {}).items():
-                if entry.get("state") != "open":
-                    continue
-                opened_at = _parse(entry.get("opened_at"))
                 try:
                     breaker = self.resilience.breakers[Upstream(name)]
                 except (ValueError, KeyError):
                     continue
+                succeeded_at = _parse(entry.get("last_success_at"))
+                if entry.get("state") == "closed" and succeeded_at is not None:
+                    if breaker.adopt_close(succeeded_at=succeeded_at):
+                        adopted = True
+                        log.info("circuit.adopted_close", upstream=name, from_pid=proc.get("pid"))
+                    continue
+                if entry.get("state") != "open":
+                    continue
+                opened_at = _parse(entry.get("opened_at"))
                 if opened_at is not None and breaker.adopt_open(
                     opened_at=opened_at, last_error=entry.get("last_error"), source_pid=int(proc.get("pid", 0))
                 ):

@@ -336,6 +336,19 @@ class Breaker(CircuitBreaker):
         self.opened_at = opened_at
         return True
 
+    def adopt_close(self, *, succeeded_at: datetime) -> bool:
+        """Close a half-open breaker because another process succeeded after this one opened.
+
+        Only from half_open (the recovery window has passed here too): the peer's successful trial is
+        the proof this process would otherwise have to collect itself, and an idle process (the worker
+        between jobs) would never collect it, staying half_open forever.
+        """
+        if self.state != STATE_HALF_OPEN or succeeded_at <= self._opened_wall():
+            return False
+        self.record_success()
+        self.last_success_at = succeeded_at
+        return True
+
     # -- reading -------------------------------------------------------------------------------
     def refresh(self) -> str:
         """Current state, reporting an open -> half_open transition that happened by time passing."""

@@ -14,6 +14,7 @@ from shared.clients import build_services, redis_settings
 from shared.config import Settings
 from shared.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
 from shared.logging import get_logger
+from shared.metrics import instrument_jobs
 from worker.jobs import JOB_FUNCTIONS, on_worker_shutdown, on_worker_startup
 
 log = get_logger(__name__)
@@ -41,7 +42,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 def build_worker(settings: Settings, **overrides: Any) -> Worker:
     """The arq worker for the ingestion queue."""
     options: dict[str, Any] = {
-        "functions": JOB_FUNCTIONS,
+        "functions": instrument_jobs(JOB_FUNCTIONS),
         "queue_name": QUEUE_NAME,
         "redis_settings": redis_settings(settings),
         "on_startup": on_startup,
