@@ -76,7 +76,7 @@ async def indexed_store(settings: Settings) -> tuple[Services, int]:
 
 @asynccontextmanager
 async def chat_app(
-    settings: Settings, store: VectorStore, *, client_kwargs: dict[str, Any] | None = None
+    settings: Settings, store: VectorStore | None, *, client_kwargs: dict[str, Any] | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """`create_app(settings)` with its lifespan running, reading from `store` (the indexed corpus).
 
@@ -160,12 +160,14 @@ async def sign_up(client: httpx.AsyncClient, *, proficiency: str = "pro", name: 
         },
     )
     assert response.status_code == 200, response.text
+    client.cookies.clear()  # the Bearer header is the identity; a cookie jar would make "anonymous" signed in
     return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
 @pytest.fixture(scope="module")
 async def corpus_store(fake_openai: Any) -> AsyncIterator[VectorStore]:
     """A local-mode Qdrant holding the whole textbook (embedded by the fake server), per test module."""
+    fake_openai.reset()  # an earlier module may have left a fault switched on
     settings = chat_settings(openai_base_url=fake_openai.url)
     services, chunks = await indexed_store(settings)
     assert chunks > 100

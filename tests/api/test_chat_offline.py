@@ -1,0 +1,76 @@
+"""Offline mode (no OPENAI_API_KEY): extractive, cited answers from BM25; LLM features are 503."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from shared.answering import OFFLINE_NOTE
+from shared.vectorstore import VectorStore
+from tests.fakes.openai_server import FakeOpenAI
+from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store
+from tests.utils.sse import iter_events
+
+__all__ = ["corpus_store"]
+
+
+@pytest.fixture(scope="module")
+async def client(corpus_store: VectorStore) -> AsyncIterator[httpx.AsyncClient]:
+    """An app with no LLM configured, over the indexed corpus."""
+    async with chat_app(chat_settings(openai_base_url=None, offline=True), corpus_store) as (app, http):
+        assert app.state.services.openai is None
+        yield http
+
+
+async def test_chat_is_extractive_with_citations(client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+    """The answer quotes the best passages with numbered citations; nothing reaches any LLM."""
+    fake_openai.reset()
+    response = await client.post("/chat", json={"query": "How do ROS 2 actions differ from services?"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["mode"] == "extractive"
+    assert body["citations"][0]["source"] == "week4/ros2-services-actions.md"
+    assert body["response"].startswith(OFFLINE_NOTE)
+    assert "> " in body["response"]
+    assert "[1]" in body["response"]
+    assert all(isinstance(s, str) for s in body["sources"])
+    assert fake_openai.requests == []
+
+
+async def test_off_topic_offline_is_not_covered(client: httpx.AsyncClient) -> None:
+    """Offline, an off-topic question still gets the not-covered reply and no citations."""
+    body = (await client.post("/chat", json={"query": "best pizza in Naples"})).json()
+    assert body["citations"] == []
+    assert body["sources"] == []
+    assert "couldn't find" in body["response"]
+
+
+async def test_stream_is_extractive(client: httpx.AsyncClient) -> None:
+    """The stream announces `extractive` and its deltas spell the extractive answer."""
+    async with client.stream("POST", "/api/chat/stream", json={"query": "What is NVIDIA Isaac Sim?"}) as response:
+        events = [e async for e in iter_events(response)]
+    assert events[0].json()["mode"] == "extractive"
+    assert events[1].json()
+    assert events[-1].event == "done"
+    assert "".join(e.json()["text"] for e in events if e.event == "delta").startswith(OFFLINE_NOTE)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/translate", {"text": "Hello robots"}),
+        ("/translate/batch", {"texts": ["Hello robots"]}),
+        ("/adjust-content", {"text": "Hello robots", "target_level": "beginner"}),
+    ],
+)
+async def test_llm_features_are_503_llm_unavailable(
+    client: httpx.AsyncClient, path: str, body: dict[str, object]
+) -> None:
+    """Translation and level adjustment answer 503 with code `llm_unavailable` and a Retry-After."""
+    response = await client.post(path, json=body)
+    assert response.status_code == 503
+    assert response.json()["code"] == "llm_unavailable"
+    assert isinstance(response.json()["detail"], str)
+    assert "retry-after" in response.headers
