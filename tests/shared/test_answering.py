@@ -63,7 +63,7 @@ async def services() -> AsyncIterator[Services]:
 
 
 def test_source_label_is_a_string_title_and_heading() -> None:
-    """Labels are "<title> \\u203a <heading>", or the title alone without a heading or when they are equal."""
+    """Labels are "<title> U+203A <heading>", or the title alone without a heading or when they are equal."""
     assert source_label(passage()) == "ROS 2 Services and Actions \u203a Actions"
     assert source_label(passage(heading=None)) == "ROS 2 Services and Actions"
     assert source_label(passage(heading="ROS 2 Services and Actions")) == "ROS 2 Services and Actions"
