@@ -153,3 +153,23 @@ def test_sign_in_tokens_never_logged(auth_stack: Stack) -> None:
     assert "auth.signed_in" in output  # the logs were captured
     leaked = [t for t in ISSUED_TOKENS if t in output]
     assert leaked == []
+
+
+def test_sign_in_limit_is_shared_by_all_workers(auth_stack: Stack) -> None:
+    """Wrong passwords from one client hit 429 + Retry-After within 11 tries, whichever Gunicorn worker serves."""
+    statuses = []
+    with httpx.Client(base_url=auth_stack.base_url, timeout=30) as http:
+        for _ in range(11):
+            # A new connection each time, so requests spread over the workers.
+            r = http.post(
+                "/api/auth/sign-in/email",
+                json={"email": "brute@example.com", "password": "guess-guess"},
+                headers={"Connection": "close"},
+            )
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert 1 <= int(r.headers["retry-after"]) <= 60
+                assert isinstance(r.json()["detail"], str)
+                break
+    assert statuses[-1] == 429, statuses
+    assert set(statuses[:-1]) == {401}, statuses
