@@ -12,11 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.auth_support import AuthRuntime, client_ip, presented_tokens
 from api.deps import AuthRuntimeDep, CurrentAuth, OptionalAuth
 from shared.auth import hash_password_async, verify_password_async
+from shared.db.models import UserProfile
 from shared.errors import Unauthorized
 from shared.logging import get_logger
 from shared.resilience import Upstream
 from shared.sessions import AuthContext, create_session, revoke_session
 from shared.users import (
+    PROFILE_FIELDS,
     Proficiency,
     create_user,
     find_user_by_email,
@@ -60,6 +62,10 @@ class SignUpBody(_Body):
     name: str = Field(min_length=1, max_length=200)
     password: str = Field(min_length=8, max_length=MAX_PASSWORD)
     proficiency: Proficiency | None = "pro"
+    # Optional: a sign-up form may ask the background questions up front (else profile/update later).
+    technical_background: str | None = Field(None, max_length=MAX_PROFILE_FIELD)
+    hardware_access: str | None = Field(None, max_length=MAX_PROFILE_FIELD)
+    learning_goals: str | None = Field(None, max_length=MAX_PROFILE_FIELD)
 
     @field_validator("email")
     @classmethod
@@ -120,9 +126,14 @@ async def _sign_up(body: SignUpBody, request: Request, response: Response, runti
                 password_hash=password_hash,
                 proficiency=body.proficiency or "pro",
             )
+            answers = {name: getattr(body, name) for name in PROFILE_FIELDS if getattr(body, name) is not None}
+            profile = UserProfile(user_id=user.id, **answers) if answers else None
+            if profile is not None:
+                db.add(profile)
             return await create_session(
                 db=db,
                 user=user,
+                profile=profile,
                 ip_address=client_ip(request, runtime.settings),
                 user_agent=_user_agent(request),
             )

@@ -344,3 +344,13 @@ async def test_profile_update_refreshes_cached_sessions(auth_app: AuthApp) -> No
     user = (await c.get("/api/auth/verify", headers=bearer(tokens[1]))).json()["user"]
     assert user["hardware_access"] == "Unitree G1"
     assert user["proficiency"] == "pro"
+
+
+async def test_sign_up_may_carry_profile_answers(auth_app: AuthApp) -> None:
+    """Profile fields sent with sign-up are stored and returned at once (profile/update stays the usual way)."""
+    answers = {"technical_background": "C++ and ROS", "hardware_access": None, "learning_goals": "walk a biped"}
+    body = await auth_app.sign_up(proficiency=None, **answers)
+    assert body["user"]["proficiency"] == "pro"
+    assert {k: body["user"][k] for k in answers} == answers
+    r = await auth_app.client.get("/api/auth/profile", headers=bearer(body["token"]))
+    assert r.json() == {"profile": answers}
