@@ -19,6 +19,7 @@ from typing import Any
 from openai import AsyncOpenAI, omit
 
 from shared.config import Settings
+from shared.errors import UpstreamUnavailable
 from shared.logging import get_logger
 from shared.resilience import Resilience, RetryPolicy, Upstream, retry_after_of
 
@@ -139,9 +140,18 @@ class Embedder:
             for i, vector in zip(batch, vectors, strict=True):
                 results[i] = vector
 
-        async with asyncio.TaskGroup() as group:
-            for batch in self.batches(texts):
-                group.create_task(run(batch))
+        # Not a TaskGroup: on Python 3.11.2 a failing child can leave a stray cancellation on the caller.
+        tasks = [asyncio.create_task(run(batch)) for batch in self.batches(texts)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+        if errors:
+            # Callers handle plain domain errors; an outage wins over a per-batch refusal.
+            raise next((e for e in errors if isinstance(e, UpstreamUnavailable)), errors[0])
         return results
 
     async def embed_query(self, text: str) -> list[float]:

@@ -1,0 +1,184 @@
+"""Ingestion under faults and in other modes: hung jobs, open breakers, dead owners, offline, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from arq.constants import in_progress_key_prefix
+from arq.jobs import Job
+from qdrant_client import QdrantClient
+
+from shared.config import Settings
+from shared.constants import INGEST_OWNER_PREFIX, QUEUE_NAME, WORKER_ALIVE_PREFIX
+from shared.resilience import Upstream
+from shared.sparse import encode_query
+from shared.vectorstore import CollectionMismatch, QdrantVectorStore
+from tests.fakes.openai_server import FakeOpenAI
+from tests.worker.harness import IngestEnv, ingest_env, ingest_settings
+from worker.jobs import release_orphaned_jobs
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "docs" / "sample"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def online(fake_openai: FakeOpenAI) -> AsyncIterator[IngestEnv]:
+    """App + worker on SQLite with a short job timeout and a quickly recovering breaker."""
+    settings = ingest_settings(
+        openai_api_key="sk-test-faults-000000",
+        openai_base_url=fake_openai.url,
+        embedding_dimensions=32,
+        ingest_job_timeout=3,
+        circuit_failure_threshold=2,
+        circuit_recovery_timeout=2,
+        openai_timeout_s=20,
+    )
+    try:
+        async with ingest_env(settings) as running:
+            yield running
+    finally:
+        fake_openai.configure(fault=None)
+
+
+async def test_hung_job_fails_with_clear_error(online: IngestEnv, fake_openai: FakeOpenAI) -> None:
+    """An embeddings call that never answers: the job is failed at INGEST_JOB_TIMEOUT with a clear error."""
+    fake_openai.configure(fault="stall", fault_seconds=6)
+    started = time.monotonic()
+    job = await online.ingest([{"source": "hang.md", "content": "# Hang\n\nLidar point clouds."}], timeout=60)
+    assert job["status"] == "failed"
+    assert "INGEST_JOB_TIMEOUT=3" in job["errors"][-1]["message"]
+    assert job["finished_at"] is not None
+    assert time.monotonic() - started < 30
+
+
+async def test_open_breaker_defers_job_then_succeeds(online: IngestEnv, fake_openai: FakeOpenAI) -> None:
+    """While the OpenAI breaker is open the job is retried later (arq.Retry), then succeeds."""
+    fake_openai.configure(fault=None)
+    await asyncio.sleep(3.5)  # let the stalled call of the previous test drain
+    resilience = online.worker_services.resilience
+    resilience.reset()
+    for _ in range(2):
+        resilience.record_failure(Upstream.OPENAI, ConnectionError("simulated outage"))
+    assert resilience.is_open(Upstream.OPENAI)
+    job_id = await online.submit([{"source": "breaker.md", "content": "# Breaker\n\nTorque sensors in joints."}])
+    job = await online.wait_job(job_id, timeout=60)
+    assert job["status"] == "succeeded", job
+    info = await Job(job_id, online.app.state.services.redis, _queue_name=QUEUE_NAME).result_info()
+    assert info is not None
+    assert info.job_try >= 2  # the first try raised arq.Retry instead of failing
+    assert await online.store.count("breaker.md") == 1
+
+
+async def test_orphaned_job_of_dead_worker_is_released(online: IngestEnv) -> None:
+    """An in-progress marker whose owner process is dead is released; a live owner's is kept."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead_owner = f"{socket.gethostname()}:{proc.pid}:deadbeef"
+    redis = online.app.state.services.redis
+    await redis.set(in_progress_key_prefix + "orphan-job", b"1", ex=600)
+    await redis.set(INGEST_OWNER_PREFIX + "orphan-job", dead_owner, ex=600)
+    await redis.set(WORKER_ALIVE_PREFIX + dead_owner, "1", ex=600)  # not yet expired: the pid check decides
+    live_owner = online.worker.ctx["worker_id"]
+    await redis.set(in_progress_key_prefix + "live-job", b"1", ex=600)
+    await redis.set(INGEST_OWNER_PREFIX + "live-job", f"{socket.gethostname()}:{os.getpid()}:other", ex=600)
+    await redis.set(WORKER_ALIVE_PREFIX + f"{socket.gethostname()}:{os.getpid()}:other", "1", ex=600)
+    released = await release_orphaned_jobs(services=online.worker_services, worker_id=live_owner)
+    assert "orphan-job" in released
+    assert "live-job" not in released
+    assert not await redis.exists(in_progress_key_prefix + "orphan-job")
+    assert await redis.exists(in_progress_key_prefix + "live-job")
+    await redis.delete(in_progress_key_prefix + "live-job", INGEST_OWNER_PREFIX + "live-job")
+
+
+async def test_offline_mode_indexes_sparse_only_and_searches() -> None:
+    """Without OPENAI_API_KEY only BM25 vectors are written, and sparse search finds the right page."""
+    settings = ingest_settings()
+    async with ingest_env(settings) as env:
+        assert env.worker_services.embedder is None
+        job = await env.client.post("/ingest")
+        assert job.status_code == 202
+        body = await env.wait_job(job.json()["job_id"])
+        assert body["status"] == "succeeded"
+        assert body["documents_done"] == len(list(SAMPLE.rglob("*.md")))
+        snapshot = await env.snapshot()
+        assert snapshot
+        assert all(dense is None and sparse for _, dense, sparse in snapshot.values())
+        hits = await env.app.state.services.vectorstore.query(
+            dense=None,
+            sparse=encode_query("What do the integral and derivative terms of a PID controller do?"),
+            limit=3,
+        )
+        assert hits[0].source == "module-2/motors-and-control.md"
+        assert (
+            hits[0].url
+            == "https://physical-ai-textbook.vercel.app/docs/module-2/motors-and-control#pid-control-staying-on-course"
+        )
+        assert hits[0].sparse_score is not None
+
+
+async def test_dimension_mismatch_is_a_clear_startup_error(tmp_path: Path) -> None:
+    """Opening a collection built for other dimensions raises an error that says how to reindex."""
+    path = str(tmp_path / "qdrant")
+    for dims, expect_error in ((64, False), (128, True)):
+        settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=dims)  # type: ignore[call-arg]
+        store = QdrantVectorStore(settings, local_client=QdrantClient(path=path))
+        try:
+            if expect_error:
+                with pytest.raises(CollectionMismatch, match=r"EMBEDDING_DIMENSIONS=128.*reindex"):
+                    await store.ensure_collection()
+            else:
+                await store.ensure_collection()
+        finally:
+            await store.close()
+
+
+async def test_cli_ingest_waits_and_reports(tmp_path: Path) -> None:
+    """`python -m worker ingest PATH --wait` shows progress, exits 0 on success and 1 on a failed job."""
+    settings = ingest_settings()
+    async with ingest_env(settings) as env:
+        cli_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "DATA_DIR": str(settings.data_dir),
+            "REDIS_URL": str(settings.redis_url),
+            "AUTO_INGEST": "false",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(REPO),
+        }
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "worker", "ingest", *args],
+                cwd=REPO,
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        ok = await asyncio.to_thread(run, str(SAMPLE), "--wait")
+        assert ok.returncode == 0, ok.stderr
+        total = len(list(SAMPLE.rglob("*.md")))
+        assert f"{total}/{total} documents" in ok.stderr
+        assert "[succeeded]" in ok.stderr
+        listing = (await env.client.get("/api/documents")).json()
+        assert listing["total"] == total
+        bad_dir = Path(tempfile.mkdtemp(dir=tmp_path))
+        (bad_dir / "empty.md").write_text("---\ntitle: nothing\n---\n")
+        bad = await asyncio.to_thread(run, str(bad_dir), "--wait")
+        assert bad.returncode == 1
+        assert "error: empty.md" in bad.stderr
+        missing = await asyncio.to_thread(run, str(tmp_path / "nope"))
+        assert missing.returncode == 2
