@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 import shared
 from api.errors import install_error_handlers
+from api.health_fastpath import HealthFastPath
 from api.middleware import install_middleware
 from api.observability import install_observability
 from api.openapi import install_openapi
@@ -46,4 +47,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     install_middleware(app, settings=settings)
     install_observability(app)
+    app.add_middleware(HealthFastPath)  # outermost: liveness probes skip routing and the other middleware
     return app

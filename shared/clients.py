@@ -112,7 +112,7 @@ class Services:
             closers.append(self.vectorstore.close())
         if self.openai is not None:
             closers.append(self.openai.close())
-        closers.append(self.redis.aclose())
+        closers.append(self.redis.aclose())  # type: ignore[attr-defined]  # arq types Redis[bytes] from old stubs
         closers.append(self.engine.dispose())
         for closer in closers:
             try:
