@@ -59,7 +59,7 @@ def ingest_settings(*, database_url: str | None = None, **overrides: Any) -> Set
     if database_url:
         values["database_url"] = database_url
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @dataclass
@@ -126,7 +126,7 @@ class IngestEnv:
                 with_vectors=True,
             )
             for p in batch:
-                vectors = p.vector if isinstance(p.vector, dict) else {}
+                vectors: dict[str, Any] = dict(p.vector) if isinstance(p.vector, dict) else {}
                 dense = vectors.get("dense")
                 sparse = vectors.get("bm25")
                 points[str(p.id)] = (

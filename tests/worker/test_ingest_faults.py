@@ -132,7 +132,7 @@ async def test_dimension_mismatch_is_a_clear_startup_error(tmp_path: Path) -> No
     """Opening a collection built for other dimensions raises an error that says how to reindex."""
     path = str(tmp_path / "qdrant")
     for dims, expect_error in ((64, False), (128, True)):
-        settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=dims)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=dims)
         store = QdrantVectorStore(settings, local_client=QdrantClient(path=path))
         try:
             if expect_error:
