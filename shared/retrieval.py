@@ -17,6 +17,7 @@ calibration on the real corpus is in docs/notes/chat.md.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from shared.clients import Services
@@ -91,6 +92,7 @@ async def retrieve(
 
     selected = selected_text.strip()
     text = f"{query}\n\n{selected[:SELECTED_QUERY_CHARS]}" if selected else query
+    started = time.perf_counter()
     dense: list[float] | None = None
     if services.embedder is not None:
         try:
@@ -98,7 +100,9 @@ async def retrieve(
         except UpstreamUnavailable as exc:
             # BM25 alone still finds passages; better than failing the question.
             log.warning("retrieval.dense_unavailable", code=exc.code)
+    embedded = time.perf_counter()
     hits = await store.query(dense=dense, sparse=encode_query(text), limit=top_k * CANDIDATE_FACTOR)
+    queried = time.perf_counter()
 
     question_terms = set(tokenize(query))
     selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
@@ -132,5 +136,7 @@ async def retrieve(
         dense=dense is not None,
         best_dense=max((p.dense_score or 0.0 for p in passages), default=0.0),
         best_coverage=max((p.coverage for p in passages), default=0.0),
+        embed_ms=round((embedded - started) * 1000, 1),
+        query_ms=round((queried - embedded) * 1000, 1),
     )
     return kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,8 +95,13 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
     """The SSE frames of one streamed answer; failures become an `error` event (after `meta`)."""
     meta_sent = False
     session_id = turn.session_id if turn.stored else None
+    started = time.perf_counter()
     try:
-        plan, deltas = await stream_answer(services=services, plan=await plan_turn(services=services, turn=turn))
+        planned = await plan_turn(services=services, turn=turn)
+        retrieved = time.perf_counter()
+        plan, deltas = await stream_answer(services=services, plan=planned)
+        opened = time.perf_counter()
+        first: float | None = None
         parts: list[str] = []
         try:
             await ensure_session(services=services, turn=turn)  # the id in `meta` must exist even if the stream fails
@@ -103,6 +109,8 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
             meta_sent = True
             yield format_event("citations", plan.citations)
             async for text in deltas:
+                if first is None:
+                    first = time.perf_counter()
                 parts.append(text)
                 yield format_event("delta", {"text": text})
         finally:
@@ -111,6 +119,15 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
                 await aclose()
         message_id = await finish_turn(services=services, turn=turn, plan=plan, answer="".join(parts))
         yield format_event("done", {"session_id": session_id, "message_id": message_id})
+        log.info(
+            "chat.stream_done",
+            mode=plan.mode,
+            deltas=len(parts),
+            retrieval_ms=_ms(started, retrieved),
+            open_ms=_ms(retrieved, opened),
+            first_token_ms=_ms(started, first or opened),
+            total_ms=_ms(started, time.perf_counter()),
+        )
     except Exception as exc:
         payload = stream_error_payload(exc)
         log.warning("chat.stream_error", code=payload["code"])
@@ -120,3 +137,7 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
                 "meta", {"session_id": None if turn.new_session_title else session_id, "mode": "generative"}
             )
         yield format_event("error", payload)
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 1)

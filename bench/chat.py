@@ -1,0 +1,251 @@
+"""Chat streaming benchmark on the full supervisord stack (scripts/start: Redis, Gunicorn API, arq worker).
+
+Run: .venv/bin/python -m bench.chat [--clients 50 200] [--rounds 1] [--tokens 60 --token-delay-ms 25]
+
+What it does:
+1. starts the fake OpenAI server as its own process (`python -m tests.fakes.openai_server`), streaming
+   `--tokens` tokens `--token-delay-ms` apart (60 x 25 ms = the model's own 1.5 s);
+2. starts the whole stack with `OPENAI_BASE_URL` pointing at it and `RATE_LIMIT_CHAT` set very high, in
+   embedded mode (local Qdrant owned by the worker, reached by the API over the Redis RPC);
+3. ingests ../shared/corpus through `POST /api/ingest` and waits for the job;
+4. for each concurrency level, opens that many `POST /api/chat/stream` clients at once (each a different
+   in-book question), parses the SSE events and records time to first `delta` and to `done`.
+
+Prints p50/p95/max of time to first token and of completion, errors, and the overhead over the fake
+model's own time (completion minus tokens x delay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.fakes.openai_server import free_port
+from tests.utils.stack import REPO, Stack, wait_for
+
+CORPUS = REPO.parent / "shared" / "corpus" / "physical-ai-textbook"
+QUESTIONS = [
+    "How do ROS 2 nodes communicate using topics?",
+    "What is domain randomization in sim-to-real transfer?",
+    "How do ROS 2 actions differ from services?",
+    "What is embodied intelligence?",
+    "How does Isaac ROS accelerate perception?",
+    "What is NVIDIA Isaac Sim?",
+    "How do I spawn a robot in Gazebo?",
+    "What is the zero moment point?",
+    "How does inverse kinematics work for a humanoid arm?",
+    "What is Physical AI?",
+]
+
+
+@dataclass
+class Result:
+    """One client's timings (seconds from sending the request)."""
+
+    ttft: float | None = None
+    total: float | None = None
+    deltas: int = 0
+    error: str | None = None
+    events: list[str] = field(default_factory=list)
+
+
+async def one_stream(client: httpx.AsyncClient, question: str, start: asyncio.Event) -> Result:
+    """POST /api/chat/stream and time the first delta and the done event."""
+    result = Result()
+    await start.wait()
+    began = time.perf_counter()
+    try:
+        async with client.stream("POST", "/api/chat/stream", json={"query": question}) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}"
+                return result
+            event = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    result.events.append(event)
+                    if event == "delta":
+                        result.deltas += 1
+                        if result.ttft is None:
+                            result.ttft = time.perf_counter() - began
+                    elif event == "error":
+                        result.error = json.loads(line[6:]).get("code", "error")
+                    elif event == "done":
+                        result.total = time.perf_counter() - began
+    except httpx.HTTPError as exc:
+        result.error = type(exc).__name__
+    if result.error is None and result.total is None:
+        result.error = "no done event"
+    return result
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def report(label: str, results: list[Result], model_s: float) -> dict[str, float | int]:
+    """Print and return the summary of one concurrency level."""
+    ok = [r for r in results if r.error is None and r.ttft is not None and r.total is not None]
+    errors = [r.error for r in results if r.error is not None]
+    ttft = [r.ttft for r in ok if r.ttft is not None]
+    total = [r.total for r in ok if r.total is not None]
+    summary: dict[str, float | int] = {"clients": len(results), "errors": len(errors)}
+    if ok:
+        summary.update(
+            ttft_p50_ms=statistics.median(ttft) * 1000,
+            ttft_p95_ms=_pct(ttft, 0.95) * 1000,
+            ttft_max_ms=max(ttft) * 1000,
+            total_p50_ms=statistics.median(total) * 1000,
+            total_p95_ms=_pct(total, 0.95) * 1000,
+            total_max_ms=max(total) * 1000,
+            overhead_p50_ms=(statistics.median(total) - model_s) * 1000,
+            overhead_p95_ms=(_pct(total, 0.95) - model_s) * 1000,
+            deltas_min=min(r.deltas for r in ok),
+        )
+    print(f"\n== {label}: {len(results)} /api/chat/stream clients ==")
+    for key, value in summary.items():
+        print(f"  {key:16s} {value:10.1f}" if isinstance(value, float) else f"  {key:16s} {value:10d}")
+    if errors:
+        print("  error kinds:", sorted(set(errors)))
+    return summary
+
+
+async def run_level(base_url: str, clients: int) -> list[Result]:
+    """Fire `clients` streams at once."""
+    limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+        start = asyncio.Event()
+        tasks = [asyncio.create_task(one_stream(client, QUESTIONS[i % len(QUESTIONS)], start)) for i in range(clients)]
+        await asyncio.sleep(0.2)
+        start.set()
+        return await asyncio.gather(*tasks)
+
+
+def breakdown(lines: list[str]) -> None:
+    """Median/p95 of the server-side phases logged by the API (`chat.stream_done`, `retrieval.done`)."""
+    phases: dict[str, list[float]] = {}
+    for line in lines:
+        if '"chat.stream_done"' not in line and '"retrieval.done"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        for key in ("retrieval_ms", "open_ms", "first_token_ms", "total_ms", "embed_ms", "query_ms"):
+            if isinstance(event.get(key), int | float):
+                phases.setdefault(key, []).append(float(event[key]))
+    for key, values in phases.items():
+        print(
+            f"  server {key:14s} p50 {statistics.median(values):8.1f}  p95 {_pct(values, 0.95):8.1f}  (n={len(values)})"
+        )
+
+
+def ingest(stack: Stack) -> None:
+    """Ingest the corpus through the API and wait for the job to succeed."""
+    documents = [
+        {"source": path.relative_to(CORPUS).as_posix(), "content": path.read_text(encoding="utf-8")}
+        for path in sorted(CORPUS.rglob("*.md"))
+    ]
+    with stack.client(timeout=60) as client:
+        response = client.post("/api/ingest", json={"documents": documents})
+        response.raise_for_status()
+        job_id = response.json()["job_id"]
+
+        def finished() -> dict[str, object] | None:
+            job = client.get(f"/api/ingest/jobs/{job_id}").json()
+            if job["status"] == "failed":
+                raise RuntimeError(f"ingestion failed: {job}")
+            return job if job["status"] == "succeeded" else None
+
+        job = wait_for(finished, timeout=300, interval=0.5, message="ingestion job")
+        print(f"ingested {len(documents)} documents, {job['chunks_upserted']} chunks")
+
+
+async def sequential(base_url: str, count: int) -> list[Result]:
+    """Questions one at a time (warms every worker up; the unloaded baseline)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        return [await one_stream(client, QUESTIONS[i % len(QUESTIONS)], _set_event()) for i in range(count)]
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+def main() -> None:
+    """Run the benchmark and print the numbers."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=60)
+    parser.add_argument("--token-delay-ms", type=float, default=25.0)
+    parser.add_argument("--web-concurrency", type=int, default=2)
+    args = parser.parse_args()
+    model_s = args.tokens * args.token_delay_ms / 1000
+
+    port = free_port()
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.openai_server",
+            "--port",
+            str(port),
+            "--tokens",
+            str(args.tokens),
+            "--token-delay-ms",
+            str(args.token_delay_ms),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack = Stack(
+        env={
+            "OPENAI_API_KEY": "sk-bench-not-a-real-key",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "RATE_LIMIT_CHAT": "1000000/minute",
+            "WEB_CONCURRENCY": str(args.web_concurrency),
+            "AUTO_INGEST": "false",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200, timeout=20)
+        # A reply of exactly `--tokens` words, so the fake streams that many tokens.
+        reply = " ".join(["According to the book [1]"] + [f"word{i}" for i in range(args.tokens - 5)])
+        httpx.post(f"http://127.0.0.1:{port}/_control", json={"reply": reply}, timeout=5).raise_for_status()
+        stack.start(timeout=120)
+        stack.wait_worker(timeout=60)
+        ingest(stack)
+        asyncio.run(sequential(stack.base_url, 6))
+        print(f"fake model: {args.tokens} tokens x {args.token_delay_ms:g} ms = {model_s:.2f} s per answer")
+        print(f"stack: WEB_CONCURRENCY={args.web_concurrency}, embedded Redis + local Qdrant (worker RPC)")
+        report("baseline", asyncio.run(sequential(stack.base_url, 10)), model_s)
+        for level in args.clients:
+            for round_no in range(args.rounds):
+                mark = len(stack.stdout_lines)
+                results = asyncio.run(run_level(stack.base_url, level))
+                report(f"{level} concurrent, round {round_no + 1}", results, model_s)
+                breakdown(stack.stdout_lines[mark:] + stack.stderr_lines)
+    finally:
+        stack.cleanup()
+        fake.terminate()
+        fake.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(REPO)))
+    main()
