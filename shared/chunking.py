@@ -124,7 +124,8 @@ def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
 def _plain_heading(text: str) -> str:
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)  # links and images -> their text
     text = re.sub(r"<[^>]+>", "", text)  # inline HTML/JSX tags
-    text = re.sub(r"(\*\*|__|\*|_|~~|`)", "", text)
+    text = re.sub(r"(\*\*|\*|~~|`)", "", text)
+    text = re.sub(r"(?<!\w)(__|_)(\S(?:.*?\S)?)\1(?!\w)", r"\2", text)  # _emphasis_, not snake_case
     return text.strip()
 
 
