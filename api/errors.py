@@ -93,7 +93,11 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LecternError)
     if exc.status_code >= 500:
         log.warning("request.upstream_error" if exc.status_code == 503 else "request.error", code=exc.code)
-    return error_response(request, exc.status_code, exc.detail, exc.code, headers=exc.headers, **exc.extra)
+    extra = dict(exc.extra)
+    if exc.status_code == 422 and "errors" not in extra:
+        # Every 422 has the same shape (ValidationErrorEnvelope), domain validation included.
+        extra["errors"] = [{"loc": [], "msg": exc.detail}]
+    return error_response(request, exc.status_code, exc.detail, exc.code, headers=exc.headers, **extra)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -51,6 +51,13 @@ _ERROR_TEXT = {
     503: "An upstream (OpenAI, Qdrant, PostgreSQL) is unavailable or not configured: see `Retry-After`.",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+#: Errors API.md names for operations whose code cannot be read off their dependencies.
+_CONTRACT_ERRORS: dict[tuple[str, str], set[int]] = {
+    ("/api/auth/sign-up", "post"): {409},
+    ("/api/auth/sign-up/email", "post"): {409},
+    ("/api/auth/sign-in/email", "post"): {401, 429},
+    ("/api/chat/sessions/{session_id}/export", "get"): {400},
+}
 _NO_UPSTREAM_PATHS = frozenset({"/", "/health", "/health/circuits", "/metrics", "/v1/models"})
 
 
@@ -92,6 +99,7 @@ def _error_responses(route: APIRoute, method: str, operation: dict[str, Any], au
         codes.add(429)
     if route.path_format not in _NO_UPSTREAM_PATHS:
         codes.add(503)
+    codes |= _CONTRACT_ERRORS.get((route.path_format, method), set())
     for status in route.responses:
         if str(status).isdigit() and int(status) >= 400:
             codes.add(int(status))
