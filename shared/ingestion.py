@@ -106,7 +106,7 @@ def validate_source(source: str) -> str:
     if any(ord(ch) < 32 or ch == "\x7f" for ch in text):
         raise InvalidInput(f"The source {source!r} contains control characters.")
     path = PurePosixPath(text)
-    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or any(p in {"..", "."} for p in path.parts):
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":") or any(p in {"..", "."} for p in text.split("/")):
         raise InvalidInput(f"The source {source!r} must be a relative path without '.' or '..' segments.")
     return str(path)
 
