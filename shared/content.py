@@ -15,6 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
+from redis.exceptions import RedisError
+
 from shared.clients import Services
 from shared.constants import CONTENT_CACHE_PREFIX
 from shared.errors import LlmUnavailable
@@ -109,7 +111,11 @@ async def _transform_batch(*, services: Services, operation: Operation, target: 
         raise LlmUnavailable()
     model = services.settings.openai_chat_model
     keys = [cache_key(operation=operation, target=target, model=model, text=t) for t in texts]
-    cached = await services.redis.mget(keys) if keys else []
+    try:
+        cached = await services.redis.mget(keys) if keys else []
+    except (RedisError, OSError) as exc:  # the cache saves money; it never fails a request
+        log.warning("content.cache_unavailable", op="get", error=type(exc).__name__)
+        cached = [None] * len(keys)
     results: list[str | None] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in cached]
     todo: dict[str, str] = {}  # key -> text, de-duplicated
     for key, text, value in zip(keys, texts, results, strict=True):
@@ -124,10 +130,13 @@ async def _transform_batch(*, services: Services, operation: Operation, target: 
 
         outputs = await asyncio.gather(*(run(text) for text in todo.values()))
         fresh = dict(zip(todo.keys(), outputs, strict=True))
-        async with services.redis.pipeline(transaction=False) as pipe:
-            for key, value in fresh.items():
-                pipe.set(key, value, ex=services.settings.content_cache_ttl_s)
-            await pipe.execute()
+        try:
+            async with services.redis.pipeline(transaction=False) as pipe:
+                for key, value in fresh.items():
+                    pipe.set(key, value, ex=services.settings.content_cache_ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("content.cache_unavailable", op="set", error=type(exc).__name__)
         results = [fresh.get(key, value) if value is None else value for key, value in zip(keys, results, strict=True)]
     log.info("content.batch", operation=operation, target=target, texts=len(texts), upstream=len(todo))
     return [r if r is not None else t for r, t in zip(results, texts, strict=True)]
