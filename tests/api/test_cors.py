@@ -82,9 +82,9 @@ def test_preflight_table(client: TestClient, origin: str, allowed: bool) -> None
 )
 def test_simple_request_headers(client: TestClient, origin: str, allowed: bool) -> None:
     """Actual requests: ACAO + credentials only for allowed origins; the response itself is unchanged."""
-    response = client.get("/health", headers={"Origin": origin})
+    response = client.get("/", headers={"Origin": origin})
     assert response.status_code == 200
-    assert response.json() == {"status": "healthy"}
+    assert response.json()["status"] == "online"
     if allowed:
         assert response.headers["access-control-allow-origin"] == origin
         assert response.headers["access-control-allow-credentials"] == "true"
