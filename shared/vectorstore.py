@@ -30,6 +30,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
 from shared.config import Settings
 from shared.constants import DENSE_VECTOR, SPARSE_VECTOR, VECTOR_RPC_PREFIX
@@ -376,6 +377,8 @@ class QdrantVectorStore:
             else None
         )
         candidates = max(limit * 4, 20)
+        # With both lists the raw ones only supply scores by id: payloads come with the fused list.
+        hybrid = dense is not None and has_sparse
         dense_req = (
             models.QueryRequest(
                 query=dense,
@@ -383,7 +386,7 @@ class QdrantVectorStore:
                 limit=candidates,
                 filter=query_filter,
                 score_threshold=dense_score_threshold,
-                with_payload=True,
+                with_payload=not hybrid,
             )
             if dense is not None
             else None
@@ -394,14 +397,17 @@ class QdrantVectorStore:
                 using=SPARSE_VECTOR,
                 limit=candidates,
                 filter=query_filter,
-                with_payload=True,
+                with_payload=not hybrid,
             )
             if has_sparse
             else None
         )
         requests = [r for r in (dense_req, sparse_req) if r is not None]
         fused_req = None
-        if len(requests) == 2:
+        # Local mode scores by brute force in Python: re-running both prefetches for the fused request
+        # would double the work on the worker's single store thread, so it fuses the two lists it already
+        # has with the same RRF function local mode itself uses (identical ranking), then fetches payloads.
+        if hybrid and self._local is None:
             fused_req = models.QueryRequest(
                 prefetch=[
                     models.Prefetch(
@@ -425,7 +431,21 @@ class QdrantVectorStore:
         dense_scores = {str(p.id): float(p.score) for p in lists[0]} if dense_req is not None else {}
         sparse_list = lists[1] if (dense_req is not None and sparse_req is not None) else lists[0]
         sparse_scores = {str(p.id): float(p.score) for p in sparse_list} if sparse_req is not None else {}
-        final = lists[-1] if fused_req is not None else lists[0][:limit]
+        if fused_req is not None:
+            final = lists[-1]
+        elif hybrid:
+            fused = reciprocal_rank_fusion([lists[0], lists[1]], limit=limit)
+            records = await self._call(
+                "retrieve",
+                collection_name=self.collection,
+                ids=[p.id for p in fused],
+                with_payload=True,
+                with_vectors=False,
+            )
+            payloads = {str(r.id): r.payload for r in records}
+            final = [p.model_copy(update={"payload": payloads.get(str(p.id))}) for p in fused]
+        else:
+            final = lists[0][:limit]
         hits = [
             ScoredChunk.from_payload(
                 id=str(p.id),
