@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,9 @@ __all__ = ["CircuitSync", "merge_processes", "merged_circuits", "start_process_o
 log = get_logger(__name__)
 
 INDEX_KEY = CIRCUIT_STATE_PREFIX + "processes"
+FAILURES_KEY_PREFIX = CIRCUIT_STATE_PREFIX + "failures:"
+#: Consecutive failures counted by all processes expire after this long without a new one.
+FAILURE_WINDOW_S = 60
 PROCESS_KEY_PREFIX = CIRCUIT_STATE_PREFIX + "proc:"
 HEARTBEAT_S = 1.0
 TTL_S = 5.0
@@ -86,6 +90,8 @@ class CircuitSync:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis_ok = True
+        self._shared_nonzero: dict[Upstream, bool] = dict.fromkeys(Upstream, False)
+        self._pending: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> CircuitSync:
@@ -93,11 +99,14 @@ class CircuitSync:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.resilience.add_transition_listener(self._on_transition)
+        self.resilience.add_outcome_listeners(on_failure=self._on_failure, on_success=self._on_success)
         self._task = self._loop.create_task(self._run(), name=f"circuit-sync-{self.pid}")
         return self
 
     async def aclose(self) -> None:
         """Stop the heartbeat and remove this process from the shared view."""
+        for task in list(self._pending):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -109,6 +118,64 @@ class CircuitSync:
     async def _forget(self) -> None:
         await self.redis.delete(self.key)
         await self.redis.zrem(INDEX_KEY, self.key)
+
+    # -- the failure count shared by every process ------------------------------------------------
+    def _spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a coroutine on the process loop from sync code (a breaker hook), keeping a reference."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def schedule() -> None:
+            task = loop.create_task(make())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            schedule()
+        else:
+            loop.call_soon_threadsafe(schedule)
+
+    def _on_failure(self, upstream: Upstream) -> None:
+        self._spawn(lambda: self._count_failure(upstream))
+
+    def _on_success(self, upstream: Upstream) -> None:
+        if self._shared_nonzero[upstream]:
+            self._shared_nonzero[upstream] = False
+            self._spawn(lambda: self._clear_failures(upstream))
+
+    async def _count_failure(self, upstream: Upstream) -> None:
+        """Add one failure to the count shared by every process; trip the breaker at the threshold.
+
+        So the threshold holds for the service as a whole: with N workers, `threshold` failures open
+        the breaker, not up to N x (threshold - 1) + 1 of them.
+        """
+        key = FAILURES_KEY_PREFIX + upstream.value
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, FAILURE_WINDOW_S)
+                count, _ = await pipe.execute()
+        except Exception:
+            return
+        self._shared_nonzero[upstream] = True
+        breaker = self.resilience.breaker(upstream)
+        if int(count) >= breaker._failure_threshold and breaker.trip():
+            log.warning("circuit.shared_threshold", upstream=upstream.value, failures=int(count))
+
+    async def _clear_failures(self, upstream: Upstream) -> None:
+        with contextlib.suppress(Exception):
+            await self.redis.delete(FAILURES_KEY_PREFIX + upstream.value)
+
+    async def _read_shared_counts(self) -> None:
+        keys = [FAILURES_KEY_PREFIX + u.value for u in Upstream]
+        values = await self.redis.mget(keys)
+        for upstream, value in zip(Upstream, values, strict=True):
+            self._shared_nonzero[upstream] = bool(value and int(value) > 0)
 
     def _on_transition(self, _upstream: Upstream, _old: str, _new: str) -> None:
         if self._loop is None or self._wake is None:
@@ -175,6 +242,7 @@ class CircuitSync:
     async def tick(self) -> None:
         """Publish, then adopt any new opening published by a peer (and publish again if one was)."""
         await self.publish()
+        await self._read_shared_counts()
         if self.adopt and self.sync_peers(await read_processes(self.redis)):
             await self.publish()
 

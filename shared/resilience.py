@@ -251,6 +251,8 @@ class Breaker(CircuitBreaker):
         self.last_success_at: datetime | None = None
         self.adopted_from: int | None = None
         self._listeners: list[Callable[[Upstream, str, str], None]] = [on_transition] if on_transition else []
+        self._failure_listeners: list[Callable[[Upstream], None]] = []
+        self._success_listeners: list[Callable[[Upstream], None]] = []
         self._reported_state = STATE_CLOSED
         self._trial_until = 0.0
 
@@ -258,6 +260,31 @@ class Breaker(CircuitBreaker):
     def add_listener(self, listener: Callable[[Upstream, str, str], None]) -> None:
         """Call `listener(upstream, old_state, new_state)` on every transition."""
         self._listeners.append(listener)
+
+    def add_outcome_listeners(
+        self, *, on_failure: Callable[[Upstream], None], on_success: Callable[[Upstream], None]
+    ) -> None:
+        """Call `on_failure(upstream)` after each counted failure and `on_success(upstream)` after each success."""
+        self._failure_listeners.append(on_failure)
+        self._success_listeners.append(on_success)
+
+    def _emit(self, listeners: list[Callable[[Upstream], None]]) -> None:
+        for listener in list(listeners):
+            try:
+                listener(self.upstream)
+            except Exception as exc:  # pragma: no cover - observers must never break a call
+                log.warning("circuit.listener_failed", error=type(exc).__name__)
+
+    def trip(self) -> bool:
+        """Open now, whatever the local count (the failures counted by every process reached the threshold)."""
+        if self.state == STATE_OPEN:
+            return False
+        self._state = STATE_OPEN
+        self._failure_count = max(self._failure_count, self._failure_threshold)
+        self._opened = time.monotonic()
+        self._trial_until = 0.0
+        self._notify()
+        return True
 
     def _opened_wall(self) -> datetime:
         """Wall-clock time of the last opening (the library keeps a monotonic stamp)."""
@@ -296,6 +323,7 @@ class Breaker(CircuitBreaker):
         if self._failure_count or self._state != STATE_CLOSED:
             self.reset()
         self._notify()
+        self._emit(self._success_listeners)
 
     def record_failure(self, exc: BaseException) -> None:
         """A call failed transiently: count it (opens at the threshold)."""
@@ -304,6 +332,7 @@ class Breaker(CircuitBreaker):
         self.last_error_at = datetime.now(UTC)
         with self:  # reuse the library's own failure accounting
             raise _Transient(exc)
+        self._emit(self._failure_listeners)
 
     def __exit__(self, exc_type: Any, exc_value: Any, _traceback: Any) -> bool:
         super().__exit__(exc_type, exc_value, _traceback)
@@ -437,6 +466,13 @@ class Resilience:
         """Observe every breaker's transitions (`listener(upstream, old, new)`)."""
         for breaker in self.breakers.values():
             breaker.add_listener(listener)
+
+    def add_outcome_listeners(
+        self, *, on_failure: Callable[[Upstream], None], on_success: Callable[[Upstream], None]
+    ) -> None:
+        """Observe every breaker's counted failures and successes (the cross-process failure count)."""
+        for breaker in self.breakers.values():
+            breaker.add_outcome_listeners(on_failure=on_failure, on_success=on_success)
 
     def is_open(self, upstream: Upstream) -> bool:
         """True while calls to `upstream` are refused without trying (open, or half-open mid-trial)."""

@@ -44,7 +44,7 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     """An asyncio Redis client on a flushed test database."""
     client = Redis.from_url(redis_url)
     yield client
-    await client.close()
+    await client.aclose()
 
 
 async def test_breaker_state_is_shared_and_merged(redis: Redis) -> None:
@@ -69,19 +69,52 @@ async def test_breaker_state_is_shared_and_merged(redis: Redis) -> None:
         assert view["qdrant"]["state"] == "closed"
         assert view["openai"]["failure_threshold"] == 2
         assert view["openai"]["opened_at"] is not None
-        # after the recovery timeout both go half_open; a success in A closes A only
+        # after the recovery timeout both are half_open; A's successful trial closes B too
         await asyncio.sleep(2.1)
+        assert b.breaker(Upstream.OPENAI).refresh() == "half_open"
         a.record_success(Upstream.OPENAI)
-        await asyncio.sleep(0.4)
+        deadline = time.monotonic() + 3
+        while b.breaker(Upstream.OPENAI).refresh() != "closed" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
         view = await merged_circuits(resilience=a, redis=redis, sync=sync_a)
         states = {p["pid"]: p["state"] for p in view["openai"]["processes"]}
         assert states[1001] == "closed"
-        assert states[1002] == "half_open"
-        assert view["openai"]["state"] == "half_open"
+        assert states[1002] == "closed"
     finally:
         await sync_a.aclose()
         await sync_b.aclose()
     assert not {1001, 1002} & {p["pid"] for p in await read_processes(redis)}  # a stopped process leaves at once
+
+
+async def test_failures_are_counted_across_processes(redis: Redis) -> None:
+    """Threshold 2, one failure in each of two processes: the breaker opens (the count is shared)."""
+    a, b = Resilience(settings_for()), Resilience(settings_for())
+    sync_a = CircuitSync(resilience=a, redis=redis, role="api", pid=3001, interval_s=0.2).start()
+    sync_b = CircuitSync(resilience=b, redis=redis, role="api", pid=3002, interval_s=0.2).start()
+    try:
+        await redis.delete("lectern:circuit:failures:qdrant")
+        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await asyncio.sleep(0.1)
+        b.record_failure(Upstream.QDRANT, TimeoutError())
+        deadline = time.monotonic() + 2
+        while not (a.is_open(Upstream.QDRANT) and b.is_open(Upstream.QDRANT)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert b.is_open(Upstream.QDRANT)
+        assert a.is_open(Upstream.QDRANT)
+        a.reset()
+        b.reset()
+        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await asyncio.sleep(0.5)  # b learns the shared count on its next heartbeat
+        b.record_success(Upstream.QDRANT)  # a success anywhere resets the shared count
+        await asyncio.sleep(0.5)
+        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await asyncio.sleep(0.1)
+        a.breaker(Upstream.QDRANT).reset()
+        assert int(await redis.get("lectern:circuit:failures:qdrant") or 0) == 1
+    finally:
+        await sync_a.aclose()
+        await sync_b.aclose()
 
 
 async def test_dead_process_drops_out(redis: Redis) -> None:
@@ -105,14 +138,17 @@ def test_merge_reports_expired_open_as_half_open() -> None:
             "role": "api",
             "updated_at": fresh,
             "breakers": {
-                "openai": entry | {"state": "open", "failure_count": 5, "opened_at": old, "last_error": "A", "last_error_at": old}
+                "openai": entry
+                | {"state": "open", "failure_count": 5, "opened_at": old, "last_error": "A", "last_error_at": old}
             },
         },
         {
             "pid": 2,
             "role": "api",
             "updated_at": fresh,
-            "breakers": {"openai": entry | {"state": "closed", "failure_count": 1, "last_error": "B", "last_error_at": fresh}},
+            "breakers": {
+                "openai": entry | {"state": "closed", "failure_count": 1, "last_error": "B", "last_error_at": fresh}
+            },
         },
     ]
     view = merge_processes(procs, failure_threshold=5, recovery_timeout_s=3.0)
