@@ -1,6 +1,9 @@
 """Gunicorn settings for the API program under supervisord (read once by the Gunicorn master)."""
 
+import json
+import logging
 import os
+from datetime import UTC, datetime
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '7860')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -18,3 +21,50 @@ errorlog = "-"
 capture_output = False
 proc_name = "lectern-api"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+class JsonLineFormatter(logging.Formatter):
+    """Gunicorn's own lines (master: booting, signals, worker exits) as JSON, like the app's structlog lines.
+
+    The master never imports the app (no preload: each worker builds it), so it cannot use
+    `shared.logging`; this formatter needs only the standard library.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One JSON object per line: event, level, logger, timestamp, role, pid."""
+        event = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": datetime.fromtimestamp(record.created, tz=UTC).isoformat().replace("+00:00", "Z"),
+            "role": "api",
+            "pid": record.process,
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event)
+
+
+_json_logs = (
+    os.environ.get("LOG_FORMAT")
+    or ("json" if os.environ.get("APP_ENV", "").strip().lower() == "production" else "console")
+) == "json"
+if _json_logs:
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {
+                "level": "INFO",
+                "handlers": ["error_console"],
+                "propagate": False,
+                "qualname": "gunicorn.error",
+            },
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False, "qualname": "gunicorn.access"},
+        },
+        "handlers": {
+            "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        },
+        "formatters": {"json": {"()": JsonLineFormatter}},
+    }

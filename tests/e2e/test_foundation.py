@@ -119,7 +119,9 @@ def test_run_command_as_nonroot_serves_and_stops_cleanly(nonroot_repo: Path) -> 
         # Output reached the root-created pipes: supervisord's lines and the programs' lines.
         assert any("spawned: 'api'" in line for line in stack.stdout_lines)
         assert any('"startup.migrations_applied"' in line for line in stack.stderr_lines)
-        assert any("Booting worker" in line or "Listening at" in line for line in stack.stderr_lines)
+        gunicorn_lines = [line for line in stack.stderr_lines if "Booting worker" in line or "Listening at" in line]
+        assert gunicorn_lines, "no Gunicorn output reached stderr"
+        assert all(line.startswith("{") for line in gunicorn_lines), "Gunicorn lines are not JSON with LOG_FORMAT=json"
         assert "setup: installing" not in stack.output(), "setup reinstalled an already satisfied venv"
 
         code, seconds = _terminate(stack, timeout=15)
