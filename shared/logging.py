@@ -168,7 +168,8 @@ def configure_logging(settings: Settings, *, role: str, extra_secrets: Iterable[
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiosqlite", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Level filtering first: a filtered-out event costs no processing (no redaction, no timestamp).
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
