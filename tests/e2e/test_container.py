@@ -21,7 +21,11 @@ import pytest
 from tests.e2e.dockerfile import Dockerfile, copy_context, dockerignore_rules, is_ignored, parse_dockerfile
 from tests.utils.stack import NONROOT_UID, REPO, Stack, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="starts the stack as uid 1000 (the Space's user): run as root"),
+]
 
 SPACE_PORT = 7860
 

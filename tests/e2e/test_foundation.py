@@ -24,7 +24,11 @@ import pytest
 from tests.fakes.openai_server import FakeOpenAI, free_port
 from tests.utils.stack import NONROOT_UID, Stack, copy_repo, runtime_python, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="starts the stack as uid 1000 (the Space's user): run as root"),
+]
 
 PROGRAMS = ("redis", "api", "worker")
 # Unique markers standing in for secrets: none may appear anywhere in the output.
