@@ -44,7 +44,7 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     """An asyncio Redis client on a flushed test database."""
     client = Redis.from_url(redis_url)
     yield client
-    await client.aclose()
+    await client.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
 
 
 async def test_breaker_state_is_shared_and_merged(redis: Redis) -> None:
