@@ -170,3 +170,18 @@ async def test_validation_and_ownership_fail_before_streaming(client: httpx.Asyn
     response = await client.post("/api/chat/stream", json={"query": QUESTION, "session_id": session_id}, headers=other)
     assert response.status_code == 404
     assert response.json()["code"] == "session_not_found"
+
+
+async def test_search_index_down_is_an_error_event(server: tuple[FastAPI, str], client: httpx.AsyncClient) -> None:
+    """A failure after the stream started arrives as `meta` then `error` with code and detail."""
+    services: Services = server[0].state.services
+    store, services.vectorstore = services.vectorstore, None
+    try:
+        response, events = await _events(client, {"query": QUESTION})
+    finally:
+        services.vectorstore = store
+    assert response.status_code == 200
+    named = [e for e in events if e.comment is None]
+    assert [e.event for e in named] == ["meta", "error"]
+    assert named[1].json()["code"] == "upstream_unavailable"
+    assert isinstance(named[1].json()["detail"], str)
