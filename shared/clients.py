@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 import httpx2
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from openai import AsyncOpenAI
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings, redact_url
@@ -33,10 +37,15 @@ def redis_settings(settings: Settings) -> RedisSettings:
     url = settings.effective_redis_url
     if url.startswith("unix://"):
         parts = urlsplit(url)
-        return RedisSettings(unix_socket_path=parts.path, conn_timeout=2, conn_retries=10, conn_retry_delay=1)
-    rs = RedisSettings.from_dsn(url)
-    rs.conn_timeout = 2
-    rs.conn_retries = 10
+        rs = RedisSettings(unix_socket_path=parts.path, conn_timeout=2, conn_retries=10, conn_retry_delay=1)
+    else:
+        rs = RedisSettings.from_dsn(url)
+        rs.conn_timeout = 2
+        rs.conn_retries = 10
+    # Ride out a Redis restart (~1-2 s under supervisord) instead of failing every command meanwhile:
+    # each command is retried on a connection error for up to ~5 s (then the error surfaces).
+    rs.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.1), 8)
+    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError]
     return rs
 
 
