@@ -36,7 +36,7 @@ class _Rejecting(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _reject  # noqa: N815
+    do_GET = do_POST = do_PUT = do_DELETE = _reject
 
     def log_message(self, *_args: Any) -> None:
         """Quiet."""
