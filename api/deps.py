@@ -20,13 +20,13 @@ from shared.users import AuthUser
 from shared.vectorstore import VectorStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The process's settings (read once by the app factory)."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """The process's clients, built in the lifespan."""
     services: Services = request.app.state.services
     return services
@@ -38,7 +38,7 @@ async def get_db(services: Annotated[Services, Depends(get_services)]) -> AsyncI
         yield session
 
 
-def get_redis(services: Annotated[Services, Depends(get_services)]) -> ArqRedis:
+async def get_redis(services: Annotated[Services, Depends(get_services)]) -> ArqRedis:
     """The Redis pool (also the arq queue)."""
     return services.redis
 
@@ -65,12 +65,12 @@ async def get_current_auth(auth: Annotated[AuthContext | None, Depends(get_optio
     return auth
 
 
-def get_optional_user(auth: Annotated[AuthContext | None, Depends(get_optional_auth)]) -> AuthUser | None:
+async def get_optional_user(auth: Annotated[AuthContext | None, Depends(get_optional_auth)]) -> AuthUser | None:
     """The signed-in user, or None (anonymous)."""
     return auth.user if auth is not None else None
 
 
-def get_current_user(auth: Annotated[AuthContext, Depends(get_current_auth)]) -> AuthUser:
+async def get_current_user(auth: Annotated[AuthContext, Depends(get_current_auth)]) -> AuthUser:
     """The signed-in user, or 401."""
     return auth.user
 
@@ -83,20 +83,19 @@ CurrentUser = Annotated[AuthUser, Depends(get_current_user)]
 
 
 # ---- rate limits (see shared/ratelimit.py and docs/notes/security.md) -----------------------------
-async def enforce_chat_rate_limit(
-    request: Request, settings: SettingsDep, services: ServicesDep, user: OptionalUser
-) -> None:
+async def enforce_chat_rate_limit(request: Request, auth: OptionalAuth) -> None:
     """Count one chat/translate/adjust request per user (per client IP when anonymous); 429 over RATE_LIMIT_CHAT."""
+    settings: Settings = request.app.state.settings
     limit: RateLimit = request.app.state.chat_rate_limit
-    if user is not None:
-        identity = f"user:{user.id}"
+    if auth is not None:
+        identity = f"user:{auth.user.id}"
     else:
         peer = request.client.host if request.client else None
         forwarded = request.headers.getlist("x-forwarded-for")
         identity = "ip:" + client_ip(
             peer=peer, forwarded_for=forwarded, trusted_hops=settings.effective_trusted_proxy_hops
         )
-    decision = await limit.hit(redis=services.redis, identity=identity)
+    decision = await limit.hit(redis=request.app.state.services.redis, identity=identity)
     if not decision.allowed:
         raise RateLimited(
             f"Too many requests: the limit is {settings.rate_limit_chat}. Please wait a moment.",
@@ -110,14 +109,14 @@ ChatRateLimitDep = Depends(enforce_chat_rate_limit)
 ChatRateLimit = Annotated[None, ChatRateLimitDep]
 
 
-def get_vectorstore(services: Annotated[Services, Depends(get_services)]) -> VectorStore:
+async def get_vectorstore(services: Annotated[Services, Depends(get_services)]) -> VectorStore:
     """The process's vector store (in embedded mode, the RPC client to the worker's local store)."""
     if services.vectorstore is None:
         raise UpstreamUnavailable("The search index is not available yet.", upstream="qdrant", retry_after=5)
     return services.vectorstore
 
 
-def require_admin(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
     """Admin endpoints: `X-API-Key` must equal ADMIN_API_KEY (open in development when it is unset)."""
     expected = settings.admin_api_key
     if expected is None and not settings.is_production:
