@@ -111,9 +111,7 @@ class Settings(BaseSettings):
     # Chat (retrieval thresholds are calibrated in docs/notes/chat.md)
     retrieval_top_k: int = Field(5, ge=1, le=20, validation_alias=_alias("RETRIEVAL_TOP_K"))
     retrieval_min_dense_score: float = Field(0.45, validation_alias=_alias("RETRIEVAL_MIN_DENSE_SCORE"))
-    retrieval_min_term_coverage: float = Field(
-        0.6, ge=0, le=1, validation_alias=_alias("RETRIEVAL_MIN_TERM_COVERAGE")
-    )
+    retrieval_min_term_coverage: float = Field(0.6, ge=0, le=1, validation_alias=_alias("RETRIEVAL_MIN_TERM_COVERAGE"))
     chat_stream_idle_timeout_s: float = Field(30.0, gt=0, validation_alias=_alias("CHAT_STREAM_IDLE_TIMEOUT"))
     chat_stream_ping_interval_s: float = Field(15.0, gt=0, validation_alias=_alias("CHAT_STREAM_PING_INTERVAL"))
     content_cache_ttl_s: int = Field(30 * 24 * 3600, ge=60, validation_alias=_alias("CONTENT_CACHE_TTL"))
