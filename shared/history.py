@@ -92,7 +92,7 @@ def message_dict(message: ChatMessage) -> dict[str, Any]:
 
 
 async def _deactivate_others(db: AsyncSession, *, user_id: str, keep: str) -> None:
-    await db.execute(
+    await db.exec(
         sa.update(ChatSession)
         .where(col(ChatSession.user_id) == user_id, col(ChatSession.id) != keep, col(ChatSession.is_active))
         .values(is_active=False)
@@ -221,7 +221,7 @@ async def rename_session(*, db: AsyncSession, user_id: str, session_id: str, tit
 async def delete_session(*, db: AsyncSession, user_id: str, session_id: str) -> None:
     """Delete a session the user owns, with its messages."""
     session = await get_owned_session(db=db, user_id=user_id, session_id=session_id)
-    await db.execute(sa.delete(ChatMessage).where(col(ChatMessage.session_id) == session.id))
+    await db.exec(sa.delete(ChatMessage).where(col(ChatMessage.session_id) == session.id))
     await db.delete(session)
     await db.commit()
 
@@ -230,8 +230,8 @@ async def clear_history(*, db: AsyncSession, user_id: str) -> int:
     """Delete every session of the user; returns how many were deleted."""
     ids = list((await db.exec(select(ChatSession.id).where(col(ChatSession.user_id) == user_id))).all())
     if ids:
-        await db.execute(sa.delete(ChatMessage).where(col(ChatMessage.session_id).in_(ids)))
-        await db.execute(sa.delete(ChatSession).where(col(ChatSession.id).in_(ids)))
+        await db.exec(sa.delete(ChatMessage).where(col(ChatMessage.session_id).in_(ids)))
+        await db.exec(sa.delete(ChatSession).where(col(ChatSession.id).in_(ids)))
     await db.commit()
     return len(ids)
 
