@@ -1,5 +1,6 @@
 """Gunicorn settings for the API program under supervisord (read once by the Gunicorn master)."""
 
+import gc
 import json
 import logging
 import os
@@ -68,3 +69,12 @@ if _json_logs:
         },
         "formatters": {"json": {"()": JsonLineFormatter}},
     }
+
+
+def post_worker_init(worker: object) -> None:
+    """After a worker has loaded the app: take the startup objects out of the cyclic GC's view.
+
+    Imports and the app leave ~240k long-lived objects; without this every full (gen-2) collection walks
+    them all, a >100 ms pause that lands in the p99 of whatever requests are in flight.
+    """
+    gc.freeze()
