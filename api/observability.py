@@ -53,7 +53,11 @@ class MetricsMiddleware:
 
 
 class DeadlineMiddleware:
-    """Answer 503 instead of hanging when no response has started within the deadline."""
+    """Answer 503 instead of hanging when no response has started within the deadline.
+
+    Time spent waiting for the *client's* body (a slow 20 MiB upload) does not count: the deadline is
+    about our upstreams, not the caller's bandwidth.
+    """
 
     def __init__(self, app: ASGIApp, *, deadline_s: float = RESPONSE_DEADLINE_S) -> None:
         self.app = app
@@ -64,23 +68,41 @@ class DeadlineMiddleware:
             await self.app(scope, receive, send)
             return
         started = asyncio.Event()
+        waited = 0.0  # seconds spent inside receive() so far
+        receiving_since: float | None = None
+
+        async def receive_wrapper() -> Message:
+            nonlocal waited, receiving_since
+            receiving_since = time.perf_counter()
+            try:
+                return await receive()
+            finally:
+                waited += time.perf_counter() - receiving_since
+                receiving_since = None
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 started.set()
             await send(message)
 
-        task = asyncio.ensure_future(self.app(scope, receive, send_wrapper))
+        begin = time.perf_counter()
+        task = asyncio.ensure_future(self.app(scope, receive_wrapper, send_wrapper))
         waiter = asyncio.ensure_future(started.wait())
         try:
-            done, _ = await asyncio.wait({task, waiter}, timeout=self.deadline_s, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                log.warning("request.deadline_exceeded", path=scope.get("path"), deadline_s=self.deadline_s)
-                await _send_503(scope, send, self.deadline_s)
-                return
-            await task
+            while True:
+                now = time.perf_counter()
+                client_time = waited + (now - receiving_since if receiving_since is not None else 0.0)
+                remaining = self.deadline_s - (now - begin - client_time)
+                if remaining <= 0:
+                    break
+                done, _ = await asyncio.wait({task, waiter}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    await task
+                    return
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            log.warning("request.deadline_exceeded", path=scope.get("path"), deadline_s=self.deadline_s)
+            await _send_503(scope, send, self.deadline_s)
         finally:
             waiter.cancel()
             if not task.done():

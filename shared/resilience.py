@@ -221,6 +221,13 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
 class Breaker(CircuitBreaker):
     """A circuit breaker that remembers when it opened and the last error, and reports transitions."""
 
@@ -255,6 +262,7 @@ class Breaker(CircuitBreaker):
         self._success_listeners: list[Callable[[Upstream], None]] = []
         self._reported_state = STATE_CLOSED
         self._trial_until = 0.0
+        self._trial_owner: asyncio.Task[Any] | None = None
 
     # -- state changes -------------------------------------------------------------------------
     def add_listener(self, listener: Callable[[Upstream, str, str], None]) -> None:
@@ -385,11 +393,17 @@ class Breaker(CircuitBreaker):
         return str(self.state)
 
     def acquire_trial(self) -> bool:
-        """In half_open, take the single trial lease; False while another caller holds it."""
+        """In half_open, take the single trial lease; False while another caller holds it.
+
+        Re-entrant for the task that holds it (a `call` whose function opens a database connection
+        passes both `call`'s check and the engine's `do_connect` check).
+        """
         now = time.monotonic()
+        owner = _current_task()
         if now < self._trial_until:
-            return False
+            return owner is not None and owner is self._trial_owner
         self._trial_until = now + min(TRIAL_LEASE_S, self.recovery_timeout_s)
+        self._trial_owner = owner
         return True
 
     def trial_busy(self) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from shared.clients import Services
 from shared.errors import UpstreamUnavailable
 from shared.logging import get_logger
+from shared.resilience import Upstream
 from shared.sparse import encode_query, tokenize
 
 __all__ = ["Passage", "retrieve", "term_coverage"]
@@ -86,6 +87,8 @@ async def retrieve(
     store = services.vectorstore
     if store is None:
         raise UpstreamUnavailable("The search index is not available.", upstream="qdrant")
+    # An open `qdrant` breaker refuses at once, before an embeddings call is spent on the query.
+    services.resilience.ensure_available(Upstream.QDRANT)
     top_k = limit or settings.retrieval_top_k
     min_dense = settings.retrieval_min_dense_score if min_dense_score is None else min_dense_score
     min_coverage = settings.retrieval_min_term_coverage if min_term_coverage is None else min_term_coverage

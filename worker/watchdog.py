@@ -4,7 +4,7 @@ supervisord already restarts a worker that crashes; a worker that hangs (a block
 deadlock, a SIGSTOP) keeps its pid and would be left alone. The arq worker refreshes its health-check
 key (`lectern:queue:health-check`, TTL interval + 1 s) every few seconds; when that key has been missing
 for `WATCHDOG_STALE_S` seconds while supervisord says the worker is RUNNING (and has been for more than
-`WATCHDOG_STARTUP_GRACE_S`), the watchdog SIGKILLs it and supervisord's `autorestart` starts a new one.
+`WATCHDOG_STARTUP_GRACE_S`, default 30 s), the watchdog SIGKILLs it and supervisord's `autorestart` starts a new one.
 (SIGKILL, because a stopped process cannot act on SIGTERM; arq puts its unfinished jobs back on the
 queue when their in-progress marker expires.) If Redis itself cannot be read, nothing is restarted:
 that is not the worker's fault.
@@ -22,11 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from shared.config import Settings, load_settings
 from shared.constants import HEALTH_CHECK_KEY
 
 PROGRAM = "worker"
-STALE_S = float(os.environ.get("WATCHDOG_STALE_S", "20"))
-STARTUP_GRACE_S = float(os.environ.get("WATCHDOG_STARTUP_GRACE_S", "30"))
 RUNNING = 20  # supervisord ProcessStates.RUNNING
 
 
@@ -34,8 +33,8 @@ RUNNING = 20  # supervisord ProcessStates.RUNNING
 class Watchdog:
     """The decision logic, separate from the protocol and the clients (so it can be tested)."""
 
-    stale_s: float = STALE_S
-    startup_grace_s: float = STARTUP_GRACE_S
+    stale_s: float = 20.0
+    startup_grace_s: float = 30.0
     missing_since: float | None = None
     watched_pid: int | None = None
     restarts: int = 0
@@ -63,12 +62,10 @@ def _log(stream: TextIO, event: str, **fields: Any) -> None:
     stream.flush()
 
 
-def _redis_client() -> Any:
+def _redis_client(settings: Settings) -> Any:
     import redis
 
-    from shared.config import load_settings
-
-    url = load_settings().effective_redis_url
+    url = settings.effective_redis_url
     if url.startswith("unix://"):
         return redis.Redis(unix_socket_path=url[len("unix://") :], socket_timeout=2, socket_connect_timeout=2)
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
@@ -85,9 +82,10 @@ def run(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO =
     """The event-listener loop: READY, read one event, check, answer OK; forever."""
     from supervisor import childutils
 
-    rpc = childutils.getRPCInterface(os.environ)
-    client = _redis_client()
-    dog = Watchdog()
+    settings = load_settings()
+    rpc = childutils.getRPCInterface(os.environ)  # supervisord's own SUPERVISOR_SERVER_URL
+    client = _redis_client(settings)
+    dog = Watchdog(stale_s=settings.watchdog_stale_s, startup_grace_s=settings.watchdog_startup_grace_s)
     _log(stderr, "watchdog.started", stale_s=dog.stale_s, startup_grace_s=dog.startup_grace_s)
     while True:
         headers, _payload = childutils.listener.wait(stdin, stdout)

@@ -225,3 +225,26 @@ def test_adopt_open_from_a_peer() -> None:
     fresh.record_success()  # a success after the peer's opening wins
     assert not fresh.adopt_open(opened_at=datetime.now(UTC) - timedelta(seconds=1), last_error=None, source_pid=1)
     assert fresh.state == "closed"
+
+
+async def test_trial_lease_is_reentrant_for_its_task() -> None:
+    """In half-open the task holding the trial passes nested checks (call -> engine connect); others wait."""
+    res = make(threshold=1, recovery=0.2)
+    res.record_failure(Upstream.DATABASE, ConnectionError("down"))
+    await asyncio.sleep(0.25)
+
+    async def nested() -> str:
+        res.ensure_available(Upstream.DATABASE)  # what the engine's do_connect hook does
+        return "ok"
+
+    async def other_task() -> bool:
+        try:
+            res.ensure_available(Upstream.DATABASE)
+        except UpstreamUnavailable:
+            return False
+        return True
+
+    res.ensure_available(Upstream.DATABASE)  # this task takes the lease
+    assert not await asyncio.create_task(other_task())
+    assert await res.call(Upstream.DATABASE, nested) == "ok"
+    assert res.breaker(Upstream.DATABASE).state == "closed"

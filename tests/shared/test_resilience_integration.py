@@ -267,6 +267,25 @@ async def test_deadline_answers_503_instead_of_hanging() -> None:
     assert response.headers["retry-after"] == "5"
 
 
+async def test_deadline_ignores_time_waiting_for_the_client_body() -> None:
+    """A slow upload is not cut: only time spent on our side counts against the deadline."""
+
+    async def echo(request: Any) -> JSONResponse:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    async def slow_body() -> Any:
+        for _ in range(3):
+            await asyncio.sleep(0.15)
+            yield b"x" * 10
+
+    app = DeadlineMiddleware(Starlette(routes=[Route("/upload", echo, methods=["POST"])]), deadline_s=0.2)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/upload", content=slow_body())
+    assert response.status_code == 200
+    assert response.json() == {"bytes": 30}
+
+
 async def test_metrics_record_breakers_retries_and_jobs() -> None:
     """Retries, transitions and job outcomes show up in the Prometheus text."""
     from arq import Retry
