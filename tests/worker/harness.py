@@ -84,10 +84,10 @@ class IngestEnv:
         assert isinstance(store, QdrantVectorStore)
         return store
 
-    @property
-    def storage_file(self) -> Path:
-        """Qdrant local mode's persistence file of the collection (changes on every write)."""
-        return self.settings.qdrant_path / "collection" / self.settings.qdrant_collection / "storage.sqlite"
+    def storage_state(self) -> list[tuple[str, int, int]]:
+        """(name, size, mtime) of Qdrant local mode's persistence files (SQLite + WAL): any write changes it."""
+        folder = self.settings.qdrant_path / "collection" / self.settings.qdrant_collection
+        return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("storage.sqlite*"))
 
     async def submit(self, documents: list[dict[str, Any]]) -> str:
         """POST /api/ingest and return the job id."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -69,14 +68,15 @@ async def test_reingest_unchanged_writes_nothing(env: IngestEnv, fake_openai: Fa
     """Re-ingesting the same corpus skips every document: no embedding call, the store file is untouched."""
     docs = corpus_documents()
     snapshot = await env.snapshot()
-    mtime = os.stat(env.storage_file).st_mtime_ns
+    storage = env.storage_state()
+    assert any(name.endswith("-wal") for name, _, _ in storage)
     calls = len(fake_openai.requests_to("/embeddings"))
     job = await env.ingest(docs)
     assert job["status"] == "succeeded"
     assert job["documents_skipped"] == len(docs)
     assert job["chunks_upserted"] == 0
     assert len(fake_openai.requests_to("/embeddings")) == calls
-    assert os.stat(env.storage_file).st_mtime_ns == mtime  # zero points written
+    assert env.storage_state() == storage  # zero points written (SQLite file and its WAL untouched)
     assert await env.snapshot() == snapshot
 
 
