@@ -153,7 +153,9 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
     from shared.circuit_state import start_process_observers
 
     services.extras["observers"] = start_process_observers(services)
+    # scripts/preflight.py logs the one `startup.upstream` event per upstream (with its status); each
+    # process only notes what it uses, at debug level, so the start-up log stays one line per upstream.
     for name, info in describe_upstreams(settings).items():
         if name != "database_url":
-            log.info("startup.upstream", upstream=name, **info)
+            log.debug("process.upstream", upstream=name, role=role, **info)
     return services
