@@ -12,6 +12,7 @@ per-request cost stays in microseconds. `api.main` stacks them, outermost first:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -97,20 +98,14 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["x-request-id"] = request_id
-                for name, value in SECURITY_HEADERS:
-                    if name not in headers:
-                        headers[name] = value
-                if "server" in headers:
-                    del headers["server"]
+                message["headers"] = _response_headers(message.get("headers", ()), request_id)
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
-            if path not in _QUIET_PATHS or status >= 500:
+            if (path not in _QUIET_PATHS or status >= 500) and _access_log_enabled():
                 route = scope.get("route")
                 log.info(
                     "http.request",
@@ -121,6 +116,24 @@ class RequestContextMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             clear_context()
+
+
+_RAW_SECURITY_HEADERS = tuple((name.encode(), value.encode()) for name, value in SECURITY_HEADERS)
+_access_logger = logging.getLogger("api.access")
+
+
+def _access_log_enabled() -> bool:
+    # Checked first so that a filtered access line costs nothing (the stdlib caches the answer).
+    return _access_logger.isEnabledFor(logging.INFO)
+
+
+def _response_headers(headers: Any, request_id: str) -> list[tuple[bytes, bytes]]:
+    """The response's raw headers plus X-Request-ID and the security headers, minus any `server` banner."""
+    out = [(k, v) for k, v in headers if k.lower() not in {b"server", b"x-request-id"}]
+    present = {k.lower() for k, _ in out}
+    out.append((b"x-request-id", request_id.encode("latin-1")))
+    out.extend(item for item in _RAW_SECURITY_HEADERS if item[0] not in present)
+    return out
 
 
 class EnvelopeCORSMiddleware(CORSMiddleware):

@@ -85,7 +85,9 @@ def serve(variant: str, port: int, data_dir: str, redis_url: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False)
 
 
-async def _load(base: str, method: str, path: str, headers: dict[str, str], seconds: float, concurrency: int) -> float:
+async def _load(
+    base: str, method: str, path: str, headers: dict[str, str], seconds: float, concurrency: int
+) -> tuple[float, int]:
     import httpx
 
     done = 0
@@ -109,7 +111,60 @@ async def _load(base: str, method: str, path: str, headers: dict[str, str], seco
     if errors:
         sample = httpx.request(method, base + path, headers=headers)
         raise RuntimeError(f"{errors} non-200 answers from {base}{path}: {sample.status_code} {sample.text[:300]}")
-    return done / elapsed
+    return done / elapsed, done
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (immune to other processes' load, unlike wall-clock rates)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _asgi_cost(app: Any, method: str, path: str, headers: dict[str, str], n: int) -> float:
+    """Microseconds per request calling the ASGI app directly (no sockets, no HTTP parsing)."""
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()] + [(b"host", b"bench")]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": raw_headers,
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "state": {},
+        }  # fmt: skip
+
+    for _ in range(200):
+        await app(scope(), receive, send)
+    started = time.perf_counter()
+    for _ in range(n):
+        await app(scope(), receive, send)
+    elapsed = time.perf_counter() - started
+    if set(statuses) != {200}:
+        raise RuntimeError(f"{path}: statuses {sorted(set(statuses))}")
+    return elapsed / n * 1e6
+
+
+async def asgi_table(data_dir: str, redis_url: str, token: str, n: int) -> None:
+    """Print per-request microseconds of both variants, called in-process (the stack's pure CPU cost)."""
+    apps = {v: build_app(v, data_dir, redis_url) for v in ("bare", "full")}
+    headers = {"Authorization": f"Bearer {token}", "Origin": "http://localhost:3000"}
+    async with apps["bare"].router.lifespan_context(apps["bare"]), apps["full"].router.lifespan_context(apps["full"]):
+        print(f"in-process ASGI, {n} calls each, microseconds per request")
+        print(f"{'endpoint':<26}{'bare':>10}{'full':>10}{'added':>9}")
+        for method, path in ENDPOINTS:
+            costs = {
+                v: min([await _asgi_cost(app, method, path, headers, n) for _ in range(3)]) for v, app in apps.items()
+            }
+            print(
+                f"{method + ' ' + path:<26}{costs['bare']:>10.0f}{costs['full']:>10.0f}{costs['full'] - costs['bare']:>8.0f}us"
+            )
 
 
 def _wait(port: int) -> None:
@@ -166,20 +221,31 @@ def main() -> None:
         )
         signup.raise_for_status()
         auth = {"Authorization": f"Bearer {signup.json()['token']}", "Origin": "http://localhost:3000"}
+        pids = {v: p.pid for v, p in zip(ports, procs, strict=True)}
         rates: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         for method, path in ENDPOINTS:
             for _ in range(args.rounds):
                 for variant, port in ports.items():
-                    rate = asyncio.run(
+                    before = _cpu_seconds(pids[variant])
+                    rate, count = asyncio.run(
                         _load(f"http://127.0.0.1:{port}", method, path, auth, args.seconds, args.concurrency)
                     )
+                    used = _cpu_seconds(pids[variant]) - before
                     rates.setdefault((path, variant), []).append(rate)
-        print(f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:.0f} s, median req/s")
-        print(f"{'endpoint':<26}{'bare':>10}{'full':>10}{'cost':>9}")
+                    cpu.setdefault((path, variant), []).append(used / count * 1e6)
+        asyncio.run(asgi_table(data_dir, redis_url, signup.json()["token"], 2000))
+        print()
+        print(f"HTTP (uvicorn, one process each), concurrency {args.concurrency}, {args.rounds} alternating rounds")
+        print(f"of {args.seconds:.0f} s; median req/s (load-sensitive) and server CPU per request (load-immune)")
+        print(f"{'endpoint':<26}{'bare/s':>8}{'full/s':>8}{'bare CPU':>10}{'full CPU':>10}{'CPU cost':>10}")
         for method, path in ENDPOINTS:
-            bare = statistics.median(rates[(path, "bare")])
-            full = statistics.median(rates[(path, "full")])
-            print(f"{method + ' ' + path:<26}{bare:>10.0f}{full:>10.0f}{(1 - full / bare) * 100:>8.1f}%")
+            bare, full = (statistics.median(rates[(path, v)]) for v in ("bare", "full"))
+            bare_cpu, full_cpu = (statistics.median(cpu[(path, v)]) for v in ("bare", "full"))
+            print(
+                f"{method + ' ' + path:<26}{bare:>8.0f}{full:>8.0f}{bare_cpu:>8.0f}us{full_cpu:>8.0f}us"
+                f"{(full_cpu / bare_cpu - 1) * 100:>9.1f}%"
+            )
     finally:
         for proc in procs:
             proc.terminate()
