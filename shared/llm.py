@@ -50,7 +50,7 @@ async def complete(
     temperature: float = 0.2,
     max_tokens: int | None = None,
 ) -> str:
-    """One chat completion (retried with backoff behind the `openai` breaker); returns the text."""
+    """One chat completion, retried behind the `openai` breaker within CHAT_STREAM_IDLE_TIMEOUT; the text."""
     client = require_client(services)
     kwargs: dict[str, Any] = {
         "model": model or services.settings.openai_chat_model,
@@ -59,7 +59,16 @@ async def complete(
     }
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
-    response = await services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs))
+    deadline = services.settings.chat_stream_idle_timeout_s
+    try:
+        # One overall deadline over the attempts and their backoff: a caller never waits past it.
+        response = await asyncio.wait_for(
+            services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs)), deadline
+        )
+    except TimeoutError as exc:
+        services.resilience.record_failure(Upstream.OPENAI, exc)
+        log.warning("llm.completion_timeout", deadline_s=deadline)
+        raise LlmStalled(f"The language model did not answer within {deadline:g} s. Please try again.") from None
     if not response.choices:
         return ""
     return response.choices[0].message.content or ""

@@ -17,6 +17,7 @@ calibration on the real corpus is in docs/notes/chat.md.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ log = get_logger(__name__)
 
 #: How much selected text goes into the retrieval query (embeddings and BM25 both cope, but more adds noise).
 SELECTED_QUERY_CHARS = 1500
+#: A question's embedding normally takes ~100 ms; past this (or the stream idle timeout) use BM25 alone.
+EMBED_QUERY_TIMEOUT_S = 5.0
 #: Candidates fetched for the relevance gate, as a multiple of the passages finally used.
 CANDIDATE_FACTOR = 3
 
@@ -98,11 +101,15 @@ async def retrieve(
     started = time.perf_counter()
     dense: list[float] | None = None
     if services.embedder is not None:
+        deadline = min(EMBED_QUERY_TIMEOUT_S, settings.chat_stream_idle_timeout_s)
         try:
-            dense = await services.embedder.embed_query(text)
+            dense = await asyncio.wait_for(services.embedder.embed_query(text), deadline)
         except UpstreamUnavailable as exc:
             # BM25 alone still finds passages; better than failing the question.
             log.warning("retrieval.dense_unavailable", code=exc.code)
+        except TimeoutError as exc:
+            services.resilience.record_failure(Upstream.OPENAI, exc)  # repeated stalls open the breaker
+            log.warning("retrieval.dense_timeout", deadline_s=deadline)
     embedded = time.perf_counter()
     hits = await store.query(dense=dense, sparse=encode_query(text), limit=top_k * CANDIDATE_FACTOR)
     queried = time.perf_counter()

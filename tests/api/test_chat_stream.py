@@ -185,3 +185,14 @@ async def test_search_index_down_is_an_error_event(server: tuple[FastAPI, str], 
     assert [e.event for e in named] == ["meta", "error"]
     assert named[1].json()["code"] == "upstream_unavailable"
     assert isinstance(named[1].json()["detail"], str)
+
+
+async def test_plain_chat_never_waits_past_the_deadline(client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+    """POST /chat with a silent model answers extractively once the deadline (1 s here) passes."""
+    fake_openai.configure(fault="stall")
+    started = time.monotonic()
+    response = await client.post("/chat", json={"query": QUESTION})
+    assert response.status_code == 200, response.text
+    assert response.json()["mode"] == "extractive"
+    assert response.json()["citations"]
+    assert time.monotonic() - started < 10
