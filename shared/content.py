@@ -30,6 +30,8 @@ log = get_logger(__name__)
 Level = Literal["beginner", "intermediate", "pro"]
 Operation = Literal["translate", "adjust"]
 
+#: A long text can take the model a while; the API answers 503 at 28 s anyway.
+CONTENT_DEADLINE_S = 25.0
 #: Concurrent upstream calls per batch.
 BATCH_CONCURRENCY = 5
 
@@ -102,6 +104,7 @@ async def _transform_one(*, services: Services, operation: Operation, target: st
         services=services,
         messages=[{"role": "system", "content": system}, {"role": "user", "content": prose}],
         temperature=0.1,
+        deadline_s=CONTENT_DEADLINE_S,
     )
     return restore_code(result.strip() or prose, blocks)
 

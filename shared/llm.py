@@ -24,6 +24,9 @@ __all__ = ["LlmStalled", "Message", "complete", "open_stream", "require_client"]
 
 log = get_logger(__name__)
 
+#: Default overall deadline of a plain completion (attempts and backoff included).
+COMPLETION_DEADLINE_S = 20.0
+
 #: An OpenAI chat message: {"role": "system"|"user"|"assistant", "content": str}.
 Message = dict[str, str]
 
@@ -49,8 +52,13 @@ async def complete(
     model: str | None = None,
     temperature: float = 0.2,
     max_tokens: int | None = None,
+    deadline_s: float | None = None,
 ) -> str:
-    """One chat completion, retried behind the `openai` breaker within CHAT_STREAM_IDLE_TIMEOUT; the text."""
+    """One chat completion, retried behind the `openai` breaker, all within `deadline_s`; returns the text.
+
+    The default deadline (20 s, or the stream idle timeout if shorter) leaves a plain `/chat` time to fall
+    back to an extractive answer before the API's 28 s response deadline.
+    """
     client = require_client(services)
     kwargs: dict[str, Any] = {
         "model": model or services.settings.openai_chat_model,
@@ -59,7 +67,7 @@ async def complete(
     }
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
-    deadline = services.settings.chat_stream_idle_timeout_s
+    deadline = deadline_s or min(COMPLETION_DEADLINE_S, services.settings.chat_stream_idle_timeout_s)
     try:
         # One overall deadline over the attempts and their backoff: a caller never waits past it.
         response = await asyncio.wait_for(
