@@ -19,6 +19,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from shared.config import ConfigError, Settings, load_settings
 from shared.logging import configure_logging, get_logger
@@ -94,6 +95,14 @@ def _check_redis(url: str) -> str:
     return "up"
 
 
+def qdrant_client_url(url: str) -> str:
+    """The URL qdrant-client really uses: without an explicit port it connects to 6333, not 443."""
+    parts = urlsplit(url)
+    if parts.port is not None or not parts.hostname:
+        return url
+    return urlunsplit((parts.scheme, f"{parts.netloc}:6333", parts.path, parts.query, parts.fragment))
+
+
 def upstream_statuses(settings: Settings, *, database_status: str) -> dict[str, str]:
     """Status of each upstream: up / down (...) / embedded / disabled, checked concurrently."""
     checks: dict[str, Any] = {}
@@ -102,7 +111,7 @@ def upstream_statuses(settings: Settings, *, database_status: str) -> dict[str, 
         statuses["vector_store"] = "embedded"
     else:
         headers = {"api-key": settings.qdrant_api_key.get_secret_value()} if settings.qdrant_api_key else {}
-        checks["vector_store"] = (_check_http, f"{settings.qdrant_url}/readyz", headers)
+        checks["vector_store"] = (_check_http, f"{qdrant_client_url(settings.qdrant_url or '')}/readyz", headers)
     if settings.embedded_redis:
         statuses["redis"] = "embedded"
     else:
