@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -117,7 +118,8 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
                 await aclose()
-        message_id = await finish_turn(services=services, turn=turn, plan=plan, answer="".join(parts))
+        # Shielded: a reader who leaves right after the last token still finds the answer in the history.
+        message_id = await asyncio.shield(finish_turn(services=services, turn=turn, plan=plan, answer="".join(parts)))
         yield format_event("done", {"session_id": session_id, "message_id": message_id})
         log.info(
             "chat.stream_done",
