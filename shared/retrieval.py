@@ -83,8 +83,8 @@ async def retrieve(
 ) -> list[Passage]:
     """The passages that clear the relevance gate, best first (at most `limit`, default RETRIEVAL_TOP_K).
 
-    Raises `UpstreamUnavailable` when the vector store (or the embeddings API) is failing; an open
-    `openai` breaker degrades to BM25-only retrieval instead.
+    Raises `UpstreamUnavailable` when the vector store is failing (at once when its breaker is open); a
+    failing, slow or breaker-blocked embeddings API degrades to BM25-only retrieval instead.
     """
     settings = services.settings
     store = services.vectorstore
