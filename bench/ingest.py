@@ -9,7 +9,8 @@ per request). The job is submitted with `shared.ingestion.submit_ingest`, the sa
 `POST /api/ingest`; the clock runs from submit to the job's `finished_at`.
 
 Reports wall time, chunks/s, tokens/s (tokens estimated as characters / 4), embedding requests, peak
-worker RSS (VmHWM). Targets (issue 3): >= 60,000 tokens/s, requests <= ceil(chunks/100) + 1%, RSS < 500 MB.
+worker RSS (VmHWM), and afterwards the round trip of the embedded-mode vector store RPC (hybrid query
+over the ingested collection, and a bare count) as an API worker sees it. Targets (issue 3): >= 60,000 tokens/s, requests <= ceil(chunks/100) + 1%, RSS < 500 MB.
 Results are printed and written to bench/results/ingest.json.
 """
 
@@ -35,7 +36,9 @@ from shared.config import Settings
 from shared.db.engine import create_engine, create_session_factory
 from shared.db.migrate import upgrade
 from shared.ingestion import DocumentInput, get_job, submit_ingest
-from tests.fakes.openai_server import free_port
+from shared.sparse import encode_query
+from shared.vectorstore import RemoteVectorStore
+from tests.fakes.openai_server import fake_embedding, free_port
 from tests.utils.stack import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +61,33 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+async def rpc_latency(settings: Settings, redis: Any, *, dims: int, rounds: int = 200) -> dict[str, Any]:
+    """Round trips of the embedded-mode vector store RPC (what every API worker pays per search)."""
+    store = RemoteVectorStore(settings, redis=redis)
+    questions = ["How do ROS 2 nodes publish topics?", "What is sim-to-real transfer?", "humanoid balance control"]
+    query_ms: list[float] = []
+    count_ms: list[float] = []
+    for i in range(rounds):
+        text = questions[i % len(questions)]
+        started = time.perf_counter()
+        await store.query(dense=fake_embedding(text, dims), sparse=encode_query(text), limit=5)
+        query_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        await store.count()
+        count_ms.append((time.perf_counter() - started) * 1000)
+    return {
+        "rpc_hybrid_query_ms_p50": _percentile(query_ms, 0.5),
+        "rpc_hybrid_query_ms_p99": _percentile(query_ms, 0.99),
+        "rpc_count_ms_p50": _percentile(count_ms, 0.5),
+        "rpc_count_ms_p99": _percentile(count_ms, 0.99),
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,6 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "dims": args.dims,
             "copies": args.copies,
         }
+        result.update(await rpc_latency(settings, redis, dims=args.dims))
         await redis.aclose()  # type: ignore[attr-defined]
         await engine.dispose()
         return result
@@ -179,6 +210,7 @@ def main() -> int:
         "tokens_per_s >= 60000": result["tokens_per_s"] >= 60_000,
         "requests <= ceil(chunks/100) + 1%": result["embedding_requests"] <= result["ideal_requests"] * 1.01 + 1,
         "peak worker RSS < 500 MB": result["peak_worker_rss_mb"] < 500,
+        "RPC hybrid query p99 < 50 ms": result["rpc_hybrid_query_ms_p99"] < 50,
     }
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")

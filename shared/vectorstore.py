@@ -60,6 +60,9 @@ POINT_NAMESPACE = uuid.UUID("5b0c1d2e-7a34-4c1f-9d0e-6c7f1e2a3b4c")
 UPSERT_BATCH = 256
 RPC_REQUESTS_KEY = VECTOR_RPC_PREFIX + "requests"
 RPC_REPLY_PREFIX = VECTOR_RPC_PREFIX + "reply:"
+#: Present while a worker serves the local store (TTL refreshed every few seconds, deleted on shutdown).
+RPC_SERVER_KEY = VECTOR_RPC_PREFIX + "server"
+RPC_SERVER_TTL_S = 15
 PAYLOAD_FIELDS = ("source", "title", "heading", "heading_path", "chunk_index", "url", "content", "content_hash")
 
 
@@ -555,6 +558,9 @@ class RemoteVectorStore:
         timeout = timeout_s or self.timeout_s
 
         async def call() -> Any:
+            if not await self.redis.exists(RPC_SERVER_KEY):
+                # Fail fast instead of waiting for a timeout while the worker is down or restarting.
+                raise ConnectionError("the ingestion worker, which serves the embedded vector store, is not running")
             request_id = uuid.uuid4().hex
             reply_key = RPC_REPLY_PREFIX + request_id
             message = {
@@ -657,8 +663,9 @@ class VectorStoreRpcServer:
         self._inflight: set[asyncio.Task[None]] = set()
         self.served = 0
 
-    def start(self) -> None:
-        """Start serving in the background."""
+    async def start(self) -> None:
+        """Announce the server and start serving in the background."""
+        await self.redis.set(RPC_SERVER_KEY, "1", ex=RPC_SERVER_TTL_S)
         if self._task is None:
             self._task = asyncio.create_task(self._serve(), name="vectorstore-rpc")
 
@@ -671,11 +678,17 @@ class VectorStoreRpcServer:
             self._task = None
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=2.0)
+        with contextlib.suppress(Exception):
+            await self.redis.delete(RPC_SERVER_KEY)
 
     async def _serve(self) -> None:
         log.info("vectorstore.rpc_serving", key=RPC_REQUESTS_KEY)
+        announced = 0.0
         while True:
             try:
+                if time.monotonic() - announced > RPC_SERVER_TTL_S / 3:
+                    await self.redis.set(RPC_SERVER_KEY, "1", ex=RPC_SERVER_TTL_S)
+                    announced = time.monotonic()
                 item = await self.redis.blpop([RPC_REQUESTS_KEY], timeout=1)
             except asyncio.CancelledError:
                 raise

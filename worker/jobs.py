@@ -209,7 +209,7 @@ async def on_worker_startup(ctx: dict[str, Any]) -> None:
         await store.ensure_collection()
         if store.mode == "local":
             server = VectorStoreRpcServer(store, redis=services.redis)
-            server.start()
+            await server.start()
             ctx["vector_rpc_server"] = server
     await services.redis.set(WORKER_ALIVE_PREFIX + worker_id, "1", ex=ALIVE_TTL_S)
     await release_orphaned_jobs(services=services, worker_id=worker_id)
