@@ -36,7 +36,13 @@ SELECTED_QUERY_CHARS = 1500
 #: A question's embedding normally takes ~100 ms; past this (or the stream idle timeout) use BM25 alone.
 EMBED_QUERY_TIMEOUT_S = 5.0
 #: Candidates fetched for the relevance gate, as a multiple of the passages finally used.
-CANDIDATE_FACTOR = 3
+CANDIDATE_FACTOR = 2
+#: Vector-store queries in flight per process. The embedded store answers one query at a time (the
+#: worker's local Qdrant); queueing here instead of in its RPC queue keeps a burst of readers from
+#: timing out RPCs and opening the `qdrant` breaker on our own backlog. A server takes many more.
+EMBEDDED_STORE_CONCURRENCY = 8
+SERVER_STORE_CONCURRENCY = 64
+_GATE = "retrieval.store_gate"
 
 
 @dataclass
@@ -54,6 +60,16 @@ class Passage:
     sparse_score: float | None = None
     coverage: float = 0.0
     heading_path: list[str] = field(default_factory=list)
+
+
+def _store_gate(services: Services) -> asyncio.Semaphore:
+    """The process's cap on concurrent vector-store queries (created in the running loop, kept in extras)."""
+    gate = services.extras.get(_GATE)
+    if gate is None:
+        size = EMBEDDED_STORE_CONCURRENCY if services.settings.embedded_qdrant else SERVER_STORE_CONCURRENCY
+        gate = services.extras[_GATE] = asyncio.Semaphore(size)
+    assert isinstance(gate, asyncio.Semaphore)
+    return gate
 
 
 def term_coverage(question_terms: set[str], text: str) -> float:
@@ -111,7 +127,8 @@ async def retrieve(
             services.resilience.record_failure(Upstream.OPENAI, exc)  # repeated stalls open the breaker
             log.warning("retrieval.dense_timeout", deadline_s=deadline)
     embedded = time.perf_counter()
-    hits = await store.query(dense=dense, sparse=encode_query(text), limit=top_k * CANDIDATE_FACTOR)
+    async with _store_gate(services):
+        hits = await store.query(dense=dense, sparse=encode_query(text), limit=top_k * CANDIDATE_FACTOR)
     queried = time.perf_counter()
 
     question_terms = set(tokenize(query))
