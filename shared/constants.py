@@ -18,6 +18,7 @@ VECTOR_RPC_PREFIX: Final = "lectern:vectorstore:"
 INGEST_OWNER_PREFIX: Final = "lectern:ingest:owner:"
 INGEST_AUTO_LOCK_KEY: Final = "lectern:ingest:auto-ingest"
 WORKER_ALIVE_PREFIX: Final = "lectern:worker:alive:"
+INGEST_LOCK_KEY: Final = "lectern:ingest:lock"
 
 # Qdrant
 DENSE_VECTOR: Final = "dense"

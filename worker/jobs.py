@@ -1,5 +1,8 @@
 """arq job functions and the worker's ingestion duties: thin wrappers over `shared.ingestion`.
 
+Ingestion jobs run one at a time (a Redis lock, refreshed while held, taken over at once from a dead
+worker or from an earlier run of the same job), so two jobs never interleave writes to one source.
+
 Besides the `ingest_documents` job, the worker process:
 
 - owns the embedded-mode Qdrant folder and serves it to the API processes (`VectorStoreRpcServer`);
@@ -29,6 +32,7 @@ from shared.clients import Services
 from shared.config import Settings
 from shared.constants import (
     INGEST_AUTO_LOCK_KEY,
+    INGEST_LOCK_KEY,
     INGEST_OWNER_PREFIX,
     JOB_INGEST,
     WORKER_ALIVE_PREFIX,
@@ -51,11 +55,60 @@ ALIVE_TTL_S = 15
 HEARTBEAT_S = 5.0
 SWEEP_S = 5.0
 RETRY_DEFER_MAX_S = 120.0
+LOCK_TTL_S = 30
+LOCK_WAIT_S = 0.5
+
+# Compare-and-set / compare-and-delete on the ingestion lock (value "<worker id>|<job id>").
+_LOCK_SWAP = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return false
+"""
+_LOCK_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 async def ping(ctx: dict[str, Any]) -> str:
     """A no-op job used to check the queue round trip."""
     return "pong"
+
+
+async def _owner_dead(services: Services, owner: str) -> bool:
+    alive = await services.redis.exists(WORKER_ALIVE_PREFIX + owner)
+    return not alive or _pid_dead_here(owner)
+
+
+async def acquire_ingest_lock(*, services: Services, worker_id: str, job_id: str) -> str:
+    """Wait for the ingestion lock: one job at a time, so two jobs never interleave writes to a source.
+
+    A lock held by this same job (a re-run after a crash) or by a dead worker is taken over at once;
+    otherwise the lock's TTL (refreshed while the holder runs) bounds the wait after a crash.
+    """
+    redis = services.redis
+    token = f"{worker_id}|{job_id}"
+    while True:
+        if await redis.set(INGEST_LOCK_KEY, token, nx=True, ex=LOCK_TTL_S):
+            return token
+        raw = await redis.get(INGEST_LOCK_KEY)
+        if raw is not None:
+            holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+            holder_worker, _, holder_job = holder.rpartition("|")
+            if (holder_job == job_id or await _owner_dead(services, holder_worker)) and await redis.eval(
+                _LOCK_SWAP, 1, INGEST_LOCK_KEY, holder, token, LOCK_TTL_S
+            ):
+                log.warning("ingest.lock_taken_over", job_id=job_id, previous=holder)
+                return token
+        await asyncio.sleep(LOCK_WAIT_S)
+
+
+async def _keep_lock(services: Services, token: str) -> None:
+    while True:
+        await asyncio.sleep(LOCK_TTL_S / 3)
+        with contextlib.suppress(Exception):
+            await services.redis.eval(_LOCK_SWAP, 1, INGEST_LOCK_KEY, token, token, LOCK_TTL_S)
 
 
 async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
@@ -71,8 +124,12 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
     redis = services.redis
     await redis.set(INGEST_OWNER_PREFIX + job_id, ctx["worker_id"], ex=int(settings.ingest_job_timeout) + 120)
     assert services.vectorstore is not None
+    token = ""
+    keeper: asyncio.Task[None] | None = None
     try:
         async with asyncio.timeout(settings.ingest_job_timeout):
+            token = await acquire_ingest_lock(services=services, worker_id=ctx["worker_id"], job_id=job_id)
+            keeper = asyncio.create_task(_keep_lock(services, token), name="ingest-lock")
             outcome = await run_ingest_job(
                 settings=settings,
                 sessions=services.sessions,
@@ -113,8 +170,12 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         log.warning("ingest.job_deferred", job_id=job_id, defer_s=defer, upstream=exc.extra.get("upstream"))
         raise Retry(defer=defer) from exc
     finally:
+        if keeper is not None:
+            keeper.cancel()
         with contextlib.suppress(Exception):
             await redis.delete(INGEST_OWNER_PREFIX + job_id)
+            if token:
+                await redis.eval(_LOCK_RELEASE, 1, INGEST_LOCK_KEY, token)
     return {"status": outcome.status, "documents": outcome.documents, "chunks_written": outcome.chunks_written}
 
 

@@ -199,3 +199,19 @@ async def test_jobs_listing_newest_first(env: IngestEnv) -> None:
         "started_at",
         "finished_at",
     }
+
+
+async def test_concurrent_jobs_on_one_source_never_interleave(env: IngestEnv) -> None:
+    """Two jobs for the same source run one after the other; the store matches the last one exactly."""
+    long_version = "# Race\n\n" + "".join(f"## Part {i}\n\nServo section {i} text.\n\n" for i in range(6))
+    short_version = "# Race\n\n## Only\n\nStepper motors only."
+    first = await env.submit([{"source": "race/doc.md", "content": long_version}])
+    second = await env.submit([{"source": "race/doc.md", "content": short_version}])
+    a, b = await env.wait_job(first), await env.wait_job(second)
+    assert a["status"] == b["status"] == "succeeded"
+    earlier, later = sorted((a, b), key=lambda job: job["started_at"])
+    assert earlier["finished_at"] <= later["started_at"]
+    row = (await _db_documents(env))["race/doc.md"]
+    assert await env.store.count("race/doc.md") == row.chunks
+    expected = 1 if later is b else 6
+    assert row.chunks == expected
