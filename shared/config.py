@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     circuit_recovery_timeout: float = Field(30.0, gt=0, validation_alias=_alias("CIRCUIT_RECOVERY_TIMEOUT"))
     # Worker watchdog (worker/watchdog.py): restart a worker whose arq health-check key is this stale.
     watchdog_stale_s: float = Field(20.0, gt=0, validation_alias=_alias("WATCHDOG_STALE_S"))
-    watchdog_startup_grace_s: float = Field(30.0, ge=0, validation_alias=_alias("WATCHDOG_STARTUP_GRACE_S"))
+    watchdog_startup_grace_s: float = Field(90.0, ge=0, validation_alias=_alias("WATCHDOG_STARTUP_GRACE_S"))
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", validation_alias=_alias("LOG_LEVEL")

@@ -607,6 +607,7 @@ class Resilience:
                 max_time=chosen.max_time_s,
                 jitter=None,
                 on_backoff=on_backoff,
+                logger=None,  # ours: upstream.retry (backoff's own lines would repeat upstream error text)
                 giveup=lambda _exc: breaker.refresh() == STATE_OPEN,
                 raise_on_giveup=True,
             )(attempt)

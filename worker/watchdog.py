@@ -3,8 +3,8 @@
 supervisord already restarts a worker that crashes; a worker that hangs (a blocked event loop, a
 deadlock, a SIGSTOP) keeps its pid and would be left alone. The arq worker refreshes its health-check
 key (`lectern:queue:health-check`, TTL interval + 1 s) every few seconds; when that key has been missing
-for `WATCHDOG_STALE_S` seconds while supervisord says the worker is RUNNING (and has been for more than
-`WATCHDOG_STARTUP_GRACE_S`, default 30 s), the watchdog SIGKILLs it and supervisord's `autorestart` starts a new one.
+for `WATCHDOG_STALE_S` seconds while supervisord says the worker is RUNNING (or, for a worker that never
+wrote the key since it started, `WATCHDOG_STARTUP_GRACE_S` after its start), the watchdog SIGKILLs it and supervisord's `autorestart` starts a new one.
 (SIGKILL, because a stopped process cannot act on SIGTERM; arq puts its unfinished jobs back on the
 queue when their in-progress marker expires.) If Redis itself cannot be read, nothing is restarted:
 that is not the worker's fault.
@@ -34,24 +34,33 @@ class Watchdog:
     """The decision logic, separate from the protocol and the clients (so it can be tested)."""
 
     stale_s: float = 20.0
-    startup_grace_s: float = 30.0
+    startup_grace_s: float = 90.0
     missing_since: float | None = None
+    seen_alive: bool = False
     watched_pid: int | None = None
     restarts: int = 0
     log: list[str] = field(default_factory=list)
 
     def decide(self, *, now: float, state: int, pid: int, started_at: float, key_present: bool | None) -> bool:
-        """True when the worker should be killed. `key_present=None` means Redis could not be read."""
+        """True when the worker should be killed. `key_present=None` means Redis could not be read.
+
+        Until the key has been seen for this pid, the worker is still starting (imports, opening the
+        store): it gets `startup_grace_s` from its start. After that, `stale_s` without the key.
+        """
         if state != RUNNING or pid != self.watched_pid:
             self.watched_pid = pid if state == RUNNING else None
             self.missing_since = None
+            self.seen_alive = False
             if state != RUNNING:
                 return False
-        if key_present is None or key_present:
+        if key_present is None:
+            return False
+        if key_present:
+            self.seen_alive = True
             self.missing_since = None
             return False
-        if now - started_at < self.startup_grace_s:
-            return False
+        if not self.seen_alive:
+            return now - started_at >= self.startup_grace_s
         if self.missing_since is None:
             self.missing_since = now
         return now - self.missing_since >= self.stale_s

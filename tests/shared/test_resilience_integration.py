@@ -314,16 +314,19 @@ async def test_metrics_record_breakers_retries_and_jobs() -> None:
 
 
 def test_watchdog_decision() -> None:
-    """Kill only a RUNNING worker past its start-up grace whose key has been missing for stale_s."""
+    """Kill a RUNNING worker whose key has been missing for stale_s after it was seen alive, or that
+    never wrote it within the start-up grace; never when Redis cannot be read."""
     dog = Watchdog(stale_s=10, startup_grace_s=20)
     t0 = 1000.0
-    assert not dog.decide(now=t0 + 5, state=RUNNING, pid=7, started_at=t0, key_present=False)  # start-up grace
-    assert not dog.decide(now=t0 + 25, state=RUNNING, pid=7, started_at=t0, key_present=True)
+    assert not dog.decide(now=t0 + 5, state=RUNNING, pid=7, started_at=t0, key_present=False)  # starting
+    assert not dog.decide(now=t0 + 25, state=RUNNING, pid=7, started_at=t0, key_present=True)  # alive
     assert not dog.decide(now=t0 + 30, state=RUNNING, pid=7, started_at=t0, key_present=False)
     assert not dog.decide(now=t0 + 35, state=RUNNING, pid=7, started_at=t0, key_present=None)  # Redis unreadable
     assert not dog.decide(now=t0 + 36, state=RUNNING, pid=7, started_at=t0, key_present=False)
-    assert dog.decide(now=t0 + 46, state=RUNNING, pid=7, started_at=t0, key_present=False)
+    assert dog.decide(now=t0 + 41, state=RUNNING, pid=7, started_at=t0, key_present=False)  # stale 11 s
     assert not dog.decide(now=t0 + 47, state=RUNNING, pid=8, started_at=t0 + 47, key_present=False)  # new pid
+    assert not dog.decide(now=t0 + 60, state=RUNNING, pid=8, started_at=t0 + 47, key_present=False)
+    assert dog.decide(now=t0 + 68, state=RUNNING, pid=8, started_at=t0 + 47, key_present=False)  # never started
     assert not dog.decide(now=t0 + 80, state=10, pid=0, started_at=t0, key_present=False)  # not RUNNING
 
 
