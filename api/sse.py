@@ -29,33 +29,54 @@ def format_event(event: str | None, data: Any) -> str:
     return f"{head}data: {payload}\n\n"
 
 
+class _Failure:
+    """An exception raised by the frames, carried through the queue to the consumer."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
 async def with_heartbeat(frames: AsyncIterator[str], *, interval_s: float) -> AsyncIterator[str]:
     """Pass `frames` through, adding a `: ping` comment whenever none came for `interval_s`.
 
-    The next frame is awaited in a task that survives the heartbeat timeout, so a ping never cancels a
-    pending upstream read; closing this iterator cancels that task and closes `frames`.
+    One producer task reads `frames` into a small queue for the whole stream, so a ping never cancels a
+    pending upstream read and no task is created per frame; closing this iterator cancels the producer,
+    which closes `frames` (and, through it, the upstream request).
     """
-    iterator = frames.__aiter__()
-    pending: asyncio.Future[str] | None = None
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+
+    async def pump() -> None:
+        try:
+            async for frame in frames:
+                await queue.put(frame)
+        except Exception as exc:
+            await queue.put(_Failure(exc))
+            return
+        await queue.put(_END)
+
+    producer = asyncio.ensure_future(pump())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
+            try:
+                async with asyncio.timeout(interval_s):
+                    item = await queue.get()
+            except TimeoutError:
                 yield PING
                 continue
-            task, pending = pending, None
-            try:
-                frame = task.result()
-            except StopAsyncIteration:
+            if item is _END:
                 return
-            yield frame
+            if isinstance(item, _Failure):
+                raise item.exc
+            assert isinstance(item, str)
+            yield item
     finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+        if not producer.done():
+            producer.cancel()
+        with contextlib.suppress(BaseException):
+            await producer
         aclose = getattr(frames, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(RuntimeError):

@@ -125,7 +125,9 @@ async def _deltas(*, services: Services, upstream: Any, idle_timeout_s: float) -
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(iterator.__anext__(), idle_timeout_s)
+                # asyncio.timeout, not wait_for: no extra task per token (wait_for makes one on 3.11).
+                async with asyncio.timeout(idle_timeout_s):
+                    chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:
