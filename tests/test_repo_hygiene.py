@@ -86,22 +86,6 @@ def test_requirements_are_pinned_and_torch_free() -> None:
             assert not line.lower().startswith("torch"), f"{file}: {line}"
 
 
-def test_no_railway_leftovers() -> None:
-    """No URL, origin or default points at the old Railway deployment."""
-    offenders = []
-    for path in REPO.rglob("*"):
-        if any(part in {".git", ".venv", "node_modules", "data", "__pycache__"} for part in path.parts):
-            continue
-        if path.is_file() and path.suffix in {".py", ".md", ".toml", ".txt", ".conf", ".json", ".yml", ".yaml", ""}:
-            try:
-                if "railway.app" in path.read_text(encoding="utf-8", errors="ignore"):
-                    offenders.append(str(path.relative_to(REPO)))
-            except OSError:
-                continue
-    offenders = [o for o in offenders if o != "tests/test_repo_hygiene.py"]
-    assert offenders == []
-
-
 def test_scripts_are_executable() -> None:
     """The entry points can be run directly (Dockerfile CMD, README commands, CI)."""
     for name in ("scripts/start", "scripts/run", "scripts/setup", "scripts/test", ".ci/run"):
