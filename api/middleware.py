@@ -251,6 +251,7 @@ class BodySizeLimitMiddleware:
         received = 0
         exceeded = False
         replied = False
+        app_started = False
 
         async def limited_receive() -> Message:
             nonlocal received, exceeded
@@ -265,8 +266,10 @@ class BodySizeLimitMiddleware:
             return message
 
         async def guarded_send(message: Message) -> None:
-            nonlocal replied
-            if not exceeded:
+            nonlocal replied, app_started
+            if not exceeded or app_started:
+                # A response the app started before the body passed the limit is left to finish.
+                app_started = app_started or message["type"] == "http.response.start"
                 await send(message)
             elif not replied:
                 replied = True
@@ -275,7 +278,7 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
-            if not exceeded:
+            if not exceeded or app_started:
                 raise
             if not replied:
                 replied = True

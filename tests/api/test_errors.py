@@ -215,3 +215,16 @@ def test_huge_headers_are_431_envelope(client: TestClient) -> None:
     many = {f"X-H{i}": "b" * 200 for i in range(100)}
     assert_envelope(client.get("/", headers=many), 431, "headers_too_large")
     assert client.get("/", headers={"X-Padding": "a" * 4000}).status_code == 200
+
+
+def test_stream_error_payload_is_safe() -> None:
+    """SSE error payloads keep a domain error's code and detail and hide anything else."""
+    from api.errors import stream_error_payload
+
+    assert stream_error_payload(RateLimited(retry_after=2)) == {
+        "code": "rate_limited",
+        "detail": "Too many requests. Please slow down.",
+    }
+    hidden = stream_error_payload(RuntimeError(f"boom {SECRET}"))
+    assert hidden["code"] == "internal_error"
+    assert SECRET not in hidden["detail"]
