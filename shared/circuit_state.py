@@ -141,6 +141,7 @@ class CircuitSync:
             loop.call_soon_threadsafe(schedule)
 
     def _on_failure(self, upstream: Upstream) -> None:
+        self._shared_nonzero[upstream] = True  # now, so a success right after clears it (tasks run in order)
         self._spawn(lambda: self._count_failure(upstream))
 
     def _on_success(self, upstream: Upstream) -> None:

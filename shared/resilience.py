@@ -638,6 +638,8 @@ class Resilience:
         """Close every breaker and forget errors (test hook)."""
         for breaker in self.breakers.values():
             breaker.reset()
+            breaker._emit(breaker._success_listeners)  # clears the count shared with other processes too
+            breaker.last_success_at = datetime.now(UTC)  # peers' earlier openings are not re-adopted
             breaker.last_error = None
             breaker.last_error_at = None
             breaker.opened_at = None
