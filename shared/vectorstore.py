@@ -761,6 +761,9 @@ def create_vector_store(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
             timeout=10,
+            # The version probe is a request per process start (and a warning when Qdrant is down);
+            # nothing here connects eagerly.
+            check_compatibility=False,
         )
         return QdrantVectorStore(settings, resilience=resilience, client=client)
     if role == ROLE_WORKER:
