@@ -3,7 +3,8 @@
 Exit codes (scripts/start acts on them):
 - 0: ready to start the programs;
 - 2: the configuration is missing or malformed (an operator-facing message that names variables, never
-  values), so a broken deployment stops here instead of crash-looping three programs;
+  values), or the database rejected DATABASE_URL's credentials, role or database name, so a broken
+  deployment stops here instead of crash-looping three programs;
 - 3: the migrations themselves failed (a bug or a database in an unexpected state);
 - 75 (EX_TEMPFAIL): the database is unreachable right now. The service still starts (liveness 200,
   readiness `unavailable`) and supervisord's `migrate` program retries the migrations until they apply.
@@ -31,6 +32,13 @@ CHECK_TIMEOUT_S = 3.0
 RETRY_MAX_DELAY_S = 30.0
 
 
+def _is_rejected(exc: BaseException) -> bool:
+    """True when the database refused our credentials, role or database name (DATABASE_URL is wrong)."""
+    from shared.resilience import ErrorKind, Upstream, classify_error
+
+    return classify_error(Upstream.DATABASE, exc) is ErrorKind.CREDENTIALS
+
+
 def _is_unreachable(exc: BaseException) -> bool:
     """True when `exc` means "cannot connect to the database" (not a broken migration)."""
     from sqlalchemy.exc import InterfaceError, OperationalError
@@ -52,6 +60,15 @@ def migrate(settings: Settings, log: Any) -> int:
     try:
         upgrade(settings)
     except Exception as exc:
+        if not settings.uses_sqlite and _is_rejected(exc):
+            # A wrong password, role or database name is a configuration error, not an outage.
+            log.error("startup.database_rejected", variable="DATABASE_URL", error=type(exc).__name__)
+            print(
+                "lectern: configuration error\nDATABASE_URL was rejected by the database (authentication failed, "
+                "unknown role or database, or no pg_hba.conf entry): fix the connection string.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         if not settings.uses_sqlite and _is_unreachable(exc):
             log.warning(
                 "startup.database_unreachable",
@@ -167,7 +184,11 @@ def main(argv: list[str]) -> int:
     for sub in ("", "redis", "run"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     code = migrate(settings, log)
-    database_status = {0: "up", EXIT_DB_UNREACHABLE: "down (unreachable; migrations deferred)"}.get(code, "down")
+    database_status = {
+        0: "up",
+        EXIT_DB_UNREACHABLE: "down (unreachable; migrations deferred)",
+        EXIT_CONFIG: "misconfigured (DATABASE_URL rejected)",
+    }.get(code, "down")
     log_upstreams(settings, log, database_status=database_status)
     return code
 

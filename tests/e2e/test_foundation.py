@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -23,6 +24,7 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, free_port
 from tests.utils.stack import NONROOT_UID, Stack, copy_repo, runtime_python, wait_for
+from tests.utils.tcp_proxy import TcpProxy
 
 pytestmark = [
     pytest.mark.e2e,
@@ -147,6 +149,7 @@ def slow_llm(fake_openai: FakeOpenAI) -> Iterator[FakeOpenAI]:
 
 def test_postgres_migrations_ready_and_graceful_drain(nonroot_repo: Path, pg_url: str, slow_llm: FakeOpenAI) -> None:
     """Machine PostgreSQL: migrations apply, ready reports database up, no secret logged, SIGTERM drains."""
+    # A marker as the password when the server trusts loopback (the default here); CI's own password otherwise.
     db_url = pg_url.replace("postgresql://postgres@", f"postgres://postgres:{MARKERS['DB_PASSWORD']}@")
     env = {
         "DATABASE_URL": db_url,
@@ -208,31 +211,52 @@ def test_postgres_migrations_ready_and_graceful_drain(nonroot_repo: Path, pg_url
         stack.cleanup()
 
 
-def test_unreachable_database_still_serves_liveness(nonroot_repo: Path) -> None:
-    """DATABASE_URL at a closed port: the stack starts, /health 200, /health/ready 503 `unavailable`."""
-    closed = free_port()
-    env = {"DATABASE_URL": f"postgresql://postgres:{MARKERS['DB_PASSWORD']}@127.0.0.1:{closed}/lectern"}
-    stack = Stack(repo=nonroot_repo, user=NONROOT_UID, env=env)
-    try:
-        stack.start(timeout=60)
-        assert httpx.get(stack.url("/health"), timeout=5).json() == {"status": "healthy"}
-        response = httpx.get(stack.url("/health/ready"), timeout=10)
-        assert response.status_code == 503
-        body = response.json()
-        assert body["status"] == "unavailable"
-        assert body["checks"]["database"]["status"] == "down"
-        states = wait_for(
-            lambda: (s := stack.program_states()) and all(s.get(p, ("?",))[0] == "RUNNING" for p in PROGRAMS) and s,
-            timeout=15,
-            message="redis, api and worker RUNNING",
-        )
-        assert states["migrate"][0] in {"RUNNING", "STARTING", "BACKOFF"}, "nobody retries the migrations"
-        assert '"startup.database_unreachable"' in stack.output()
-        assert MARKERS["DB_PASSWORD"] not in stack.output()
-        code, _seconds = _terminate(stack, timeout=15)
-        assert code == 0
-    finally:
-        stack.cleanup()
+def test_unreachable_database_still_serves_liveness_then_migrates(nonroot_repo: Path, pg_url: str) -> None:
+    """DATABASE_URL at a refused port: the stack starts, /health 200, ready 503 `unavailable`; once the
+    database answers, the migrate program applies the migrations and readiness recovers."""
+    target = urlsplit(pg_url)
+    with TcpProxy(target.port or 5432) as proxy:
+        proxy.cut()  # connection refused, like a closed port
+        credentials = f"{target.username}:{target.password or MARKERS['DB_PASSWORD']}"
+        url = f"postgresql://{credentials}@127.0.0.1:{proxy.port}{target.path}"
+        stack = Stack(repo=nonroot_repo, user=NONROOT_UID, env={"DATABASE_URL": url})
+        try:
+            stack.start(timeout=60)
+            assert httpx.get(stack.url("/health"), timeout=5).json() == {"status": "healthy"}
+            response = httpx.get(stack.url("/health/ready"), timeout=10)
+            assert response.status_code == 503
+            body = response.json()
+            assert body["status"] == "unavailable"
+            assert body["checks"]["database"]["status"] == "down"
+            states = wait_for(
+                lambda: (s := stack.program_states()) and all(s.get(p, ("?",))[0] == "RUNNING" for p in PROGRAMS) and s,
+                timeout=15,
+                message="redis, api and worker RUNNING",
+            )
+            assert states["migrate"][0] in {"RUNNING", "STARTING", "BACKOFF"}, "nobody retries the migrations"
+            assert '"startup.database_unreachable"' in stack.output()
+
+            proxy.restore()
+            wait_for(
+                lambda: stack.program_states().get("migrate", ("?",))[0] == "EXITED",
+                timeout=45,
+                interval=0.5,
+                message="migrate program applied the migrations and exited",
+            )
+            with psycopg.connect(pg_url) as conn:
+                tables = {row[0] for row in conn.execute("SELECT table_name FROM information_schema.tables")}
+            assert {"alembic_version", "users", "documents"} <= tables
+
+            def database_up() -> bool:
+                ready = httpx.get(stack.url("/health/ready"), timeout=10).json()
+                return bool(ready["checks"]["database"]["status"] == "up")
+
+            wait_for(database_up, timeout=20, interval=0.5, message="readiness sees the database")
+            assert MARKERS["DB_PASSWORD"] not in stack.output()
+            code, _seconds = _terminate(stack, timeout=15)
+            assert code == 0
+        finally:
+            stack.cleanup()
 
 
 def _run_start(repo: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -295,3 +319,15 @@ def test_production_error_never_shows_secret_values(nonroot_repo: Path) -> None:
     assert "postgresql://" in done.stderr  # the expected form
     for marker in MARKERS.values():
         assert marker not in done.stdout + done.stderr
+
+
+def test_rejected_database_credentials_stop_start_up(nonroot_repo: Path, pg_url: str) -> None:
+    """A role the database rejects is a configuration error: exit 2 naming DATABASE_URL, no value shown."""
+    target = urlsplit(pg_url)
+    url = f"postgresql://no_such_role_x:{MARKERS['DB_PASSWORD']}@{target.hostname}:{target.port}{target.path}"
+    done, seconds = _run_start(nonroot_repo, {"DATABASE_URL": url})
+    assert done.returncode == 2
+    assert seconds < 10
+    assert "DATABASE_URL" in done.stderr
+    assert MARKERS["DB_PASSWORD"] not in done.stdout + done.stderr
+    assert "no_such_role_x" not in done.stderr.split("configuration error", 1)[1]
