@@ -47,7 +47,7 @@ from shared.ingestion import (
     submit_ingest,
 )
 from shared.logging import bind_context, get_logger
-from shared.vectorstore import QdrantVectorStore, VectorStoreRpcServer
+from shared.vectorstore import CollectionMismatch, QdrantVectorStore, VectorStoreRpcServer
 
 log = get_logger(__name__)
 
@@ -266,8 +266,16 @@ async def on_worker_startup(ctx: dict[str, Any]) -> None:
     worker_id = ctx.setdefault("worker_id", new_worker_id())
     store = services.vectorstore
     if isinstance(store, QdrantVectorStore):
-        # A dimension mismatch stops the worker here with a message that says how to reindex.
-        await store.ensure_collection()
+        # A dimension mismatch stops the worker here with a message that says how to reindex. A Qdrant
+        # server that is merely unreachable must not: jobs ensure the collection again (and retry).
+        try:
+            await store.ensure_collection()
+        except CollectionMismatch:
+            raise
+        except Exception as exc:
+            if store.mode == "local":
+                raise
+            log.warning("vectorstore.unavailable_at_startup", error=type(exc).__name__)
         if store.mode == "local":
             server = VectorStoreRpcServer(store, redis=services.redis)
             await server.start()

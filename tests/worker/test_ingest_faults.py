@@ -182,3 +182,17 @@ async def test_cli_ingest_waits_and_reports(tmp_path: Path) -> None:
         assert "error: empty.md" in bad.stderr
         missing = await asyncio.to_thread(run, str(tmp_path / "nope"))
         assert missing.returncode == 2
+
+
+async def test_unreachable_qdrant_server_does_not_stop_the_worker() -> None:
+    """With QDRANT_URL down the worker still starts; a job waits (retries) instead of failing."""
+    from tests.fakes.openai_server import free_port
+
+    settings = ingest_settings(qdrant_url=f"http://127.0.0.1:{free_port()}")
+    async with ingest_env(settings) as env:
+        assert env.worker.ctx["worker_id"]
+        job_id = await env.submit([{"source": "later.md", "content": "# Later\n\nWhen Qdrant is back."}])
+        await asyncio.sleep(3)
+        body = (await env.client.get(f"/api/ingest/jobs/{job_id}")).json()
+        assert body["status"] in ("queued", "running")
+        assert body["errors"] == []
