@@ -1,8 +1,7 @@
-"""The real textbook corpus indexed into a real local-mode Qdrant, for the chat tests and benchmarks.
+"""The real textbook corpus indexed into a real local-mode Qdrant, for the chat tests.
 
-Chunks with `shared.chunking`, embeds with the process's `Embedder` (the fake OpenAI server's
-deterministic vectors), encodes BM25 with `shared.sparse` and writes through `QdrantVectorStore`:
-the same pieces the ingestion worker runs.
+The ingestion service does the work in-process (`submit_ingest` then `run_ingest_job`, what the arq
+worker runs), embedding with the fake OpenAI server's deterministic vectors.
 """
 
 from __future__ import annotations
@@ -19,13 +18,12 @@ import pytest
 from fastapi import FastAPI
 
 from api.main import create_app
-from shared.chunking import chunk_markdown
 from shared.clients import Services, build_services
 from shared.config import Settings
 from shared.constants import ROLE_WORKER
 from shared.db.migrate import upgrade
-from shared.sparse import encode_document
-from shared.vectorstore import ChunkPoint, VectorStore, point_id
+from shared.ingestion import load_directory, run_ingest_job, submit_ingest
+from shared.vectorstore import VectorStore
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus" / "physical-ai-textbook"
@@ -37,38 +35,23 @@ def corpus_files() -> list[Path]:
 
 
 async def index_corpus(services: Services, *, root: Path = CORPUS) -> int:
-    """Chunk, embed and upsert the corpus into `services.vectorstore`; returns the number of chunks."""
-    store = services.vectorstore
-    assert store is not None
-    settings = services.settings
-    total = 0
-    for path in sorted(root.rglob("*.md")):
-        source = path.relative_to(root).as_posix()
-        doc = chunk_markdown(
-            path.read_text(encoding="utf-8"),
-            source=source,
-            site_url=settings.site_url,
-            chunk_size=settings.chunk_size,
-            overlap=settings.chunk_overlap,
-        )
-        texts = [c.embed_text for c in doc.chunks]
-        dense = await services.embedder.embed_texts(texts) if services.embedder is not None else None
-        points = [
-            ChunkPoint(
-                id=point_id(source, chunk.chunk_index),
-                payload=chunk.payload(),
-                sparse=encode_document(chunk.embed_text),
-                dense=dense[i] if dense is not None else None,
-            )
-            for i, chunk in enumerate(doc.chunks)
-        ]
-        await store.replace_source(source, points)
-        total += len(points)
-    return total
+    """Ingest the corpus with the ingestion service in-process (submit the job, run it); returns chunks."""
+    assert services.vectorstore is not None
+    job = await submit_ingest(sessions=services.sessions, redis=services.redis, documents=load_directory(root))
+    outcome = await run_ingest_job(
+        settings=services.settings,
+        sessions=services.sessions,
+        store=services.vectorstore,
+        embedder=services.embedder,
+        job_id=job.id,
+    )
+    assert outcome.status == "succeeded", outcome
+    return await services.vectorstore.count()
 
 
 async def indexed_store(settings: Settings) -> tuple[Services, int]:
     """Worker-role services (they own the local Qdrant folder) with the corpus indexed."""
+    await asyncio.to_thread(upgrade, settings)
     services = await build_services(settings, role=ROLE_WORKER)
     chunks = await index_corpus(services)
     return services, chunks
