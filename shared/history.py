@@ -176,8 +176,8 @@ async def store_exchange(
 ) -> ChatMessage:
     """Store a question and its answer in one transaction; returns the assistant message.
 
-    `create_title` set means the session does not exist yet: it is created with that title and becomes
-    the user's active session. The assistant message is stamped after the user message so ordering by
+    `create_title` set means the session does not exist yet: it is created with that title. Either way
+    the session becomes the user's (only) active one. The assistant message is stamped after the user message so ordering by
     time is stable.
     """
     now = utcnow()
@@ -188,6 +188,8 @@ async def store_exchange(
         await _deactivate_others(db, user_id=user_id, keep=session_id)
     else:
         session = await get_owned_session(db=db, user_id=user_id, session_id=session_id)
+        if not session.is_active:
+            await _deactivate_others(db, user_id=user_id, keep=session_id)
     session.updated_at = now
     session.is_active = True
     question = ChatMessage(

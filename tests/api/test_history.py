@@ -124,3 +124,15 @@ async def test_pagination_and_total(client: httpx.AsyncClient) -> None:
     assert [s["title"] for s in page["sessions"]] == ["Session 2", "Session 1"]
     rest = (await client.get("/api/chat/sessions?limit=2&offset=2", headers=auth)).json()
     assert [s["title"] for s in rest["sessions"]] == ["Session 0"]
+
+
+async def test_chatting_in_an_older_session_makes_it_the_only_active_one(client: httpx.AsyncClient) -> None:
+    """Continuing an older session moves `is_active` to it; exactly one session stays active."""
+    auth = await sign_up(client)
+    older = (await client.post("/chat", json={"query": "What is URDF?"}, headers=auth)).json()["session_id"]
+    newer = (await client.post("/chat", json={"query": "What is Physical AI?"}, headers=auth)).json()["session_id"]
+    await client.post("/chat", json={"query": "What is Gazebo?", "session_id": older}, headers=auth)
+    sessions = (await client.get("/api/chat/sessions", headers=auth)).json()["sessions"]
+    active = {s["id"]: s["is_active"] for s in sessions}
+    assert active == {older: True, newer: False}
+    assert sessions[0]["id"] == older  # newest activity first
