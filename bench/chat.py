@@ -236,10 +236,10 @@ def main() -> None:
         report("baseline", asyncio.run(sequential(stack.base_url, 10)), model_s)
         for level in args.clients:
             for round_no in range(args.rounds):
-                mark = len(stack.stdout_lines)
+                marks = len(stack.stdout_lines), len(stack.stderr_lines)
                 results = asyncio.run(run_level(stack.base_url, level))
                 report(f"{level} concurrent, round {round_no + 1}", results, model_s)
-                breakdown(stack.stdout_lines[mark:] + stack.stderr_lines)
+                breakdown(stack.stdout_lines[marks[0] :] + stack.stderr_lines[marks[1] :])
     finally:
         stack.cleanup()
         fake.terminate()
