@@ -116,12 +116,25 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
 
     Hung past INGEST_JOB_TIMEOUT: the job is failed with a clear error. OpenAI or Qdrant unavailable
     (open breaker, retries exhausted): `arq.Retry` after the breaker's Retry-After, continuing from the
-    checkpoint; on the last allowed try the job is failed instead.
+    checkpoint; on the last allowed try the job is failed instead. The tries are counted here, not by
+    arq (whose own limit is set out of reach): arq would drop an exhausted job without calling us, and
+    its row would stay `running` forever (e.g. a worker killed during every try).
     """
     services: Services = ctx["services"]
     settings = services.settings
     bind_context(job_id=job_id)
     redis = services.redis
+    job_try = int(ctx.get("job_try", 1))
+    if job_try > settings.ingest_max_tries:
+        message = (
+            f"Gave up after {settings.ingest_max_tries} tries (INGEST_MAX_TRIES): the job was interrupted "
+            "every time. Documents already done are kept; submit the documents again to finish."
+        )
+        await mark_job(
+            sessions=services.sessions, job_id=job_id, status=STATUS_FAILED, error={"source": "", "message": message}
+        )
+        log.error("ingest.job_gave_up", job_id=job_id, tries=job_try - 1)
+        return {"status": STATUS_FAILED, "error": "max_tries"}
     await redis.set(INGEST_OWNER_PREFIX + job_id, ctx["worker_id"], ex=int(settings.ingest_job_timeout) + 120)
     assert services.vectorstore is not None
     token = ""
@@ -157,7 +170,7 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
         return {"status": STATUS_FAILED, "error": exc.code}
     except UpstreamUnavailable as exc:
         retry_after = float(exc.headers.get("Retry-After", 5) or 5)
-        if ctx.get("job_try", 1) >= settings.ingest_max_tries:
+        if job_try >= settings.ingest_max_tries:
             message = f"{exc.detail} Gave up after {settings.ingest_max_tries} tries."
             await mark_job(
                 sessions=services.sessions,
@@ -179,7 +192,10 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
     return {"status": outcome.status, "documents": outcome.documents, "chunks_written": outcome.chunks_written}
 
 
-JOB_FUNCTIONS: list[Any] = [ping, func(ingest_documents, name=JOB_INGEST)]
+#: arq's try limit for ingestion is out of reach on purpose: `ingest_documents` enforces INGEST_MAX_TRIES.
+ARQ_MAX_TRIES_OUT_OF_REACH = 1_000_000
+
+JOB_FUNCTIONS: list[Any] = [ping, func(ingest_documents, name=JOB_INGEST, max_tries=ARQ_MAX_TRIES_OUT_OF_REACH)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,3 +196,22 @@ async def test_unreachable_qdrant_server_does_not_stop_the_worker() -> None:
         body = (await env.client.get(f"/api/ingest/jobs/{job_id}")).json()
         assert body["status"] in ("queued", "running")
         assert body["errors"] == []
+
+
+async def test_job_interrupted_too_often_is_failed_not_left_running(online: IngestEnv) -> None:
+    """A job on a try past INGEST_MAX_TRIES ends `failed` with a reason instead of being dropped silently."""
+    from shared.constants import JOB_INGEST
+    from shared.db.models import IngestJob, IngestJobDocument
+
+    services = online.worker_services
+    job = IngestJob(status="running", documents_total=1)
+    async with services.sessions() as session:
+        session.add(job)
+        await session.flush()
+        session.add(IngestJobDocument(job_id=job.id, source="tries.md", content="# Tries\n\nText."))
+        await session.commit()
+    tries = online.settings.ingest_max_tries + 1
+    await services.redis.enqueue_job(JOB_INGEST, job.id, _job_id=job.id, _queue_name=QUEUE_NAME, _job_try=tries)
+    body = await online.wait_job(job.id, timeout=30)
+    assert body["status"] == "failed"
+    assert "INGEST_MAX_TRIES" in body["errors"][-1]["message"]
