@@ -38,8 +38,9 @@ class ChatRequest(BaseModel):
 
     @property
     def selection(self) -> str:
-        """The selected text ('' when absent)."""
-        return self.selected_text or ""
+        """The selected text ('' when absent or blank)."""
+        text = self.selected_text or ""
+        return text if text.strip() else ""
 
 
 class ChatResponse(BaseModel):

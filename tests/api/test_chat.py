@@ -181,3 +181,11 @@ async def test_rejected_llm_key_is_a_clear_503(client: httpx.AsyncClient, fake_o
     assert response.json()["code"] == "upstream_unavailable"
     assert "OPENAI_API_KEY" in response.json()["detail"]
     assert "sk-test" not in response.text
+
+
+async def test_blank_selection_is_no_selection(client: httpx.AsyncClient, fake_openai: FakeOpenAI) -> None:
+    """Whitespace-only selected text (or null) behaves like none: off-topic is still not covered."""
+    for selected in ("   \n", None):
+        body = (await client.post("/chat", json={"query": "best pizza in Naples", "selected_text": selected})).json()
+        assert body["response"] == NOT_COVERED
+    assert _chat_requests(fake_openai) == []
