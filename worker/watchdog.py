@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ def run(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO =
     """The event-listener loop: READY, read one event, check, answer OK; forever."""
     from supervisor import childutils
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # supervisord's stop: exit cleanly
     settings = load_settings()
     rpc = childutils.getRPCInterface(os.environ)  # supervisord's own SUPERVISOR_SERVER_URL
     client = _redis_client(settings)
