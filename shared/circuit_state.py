@@ -165,7 +165,7 @@ class CircuitSync:
             return
         self._shared_nonzero[upstream] = True
         breaker = self.resilience.breaker(upstream)
-        if int(count) >= breaker._failure_threshold and breaker.trip():
+        if int(count) >= breaker.failure_threshold and breaker.trip():
             log.warning("circuit.shared_threshold", upstream=upstream.value, failures=int(count))
 
     async def _clear_failures(self, upstream: Upstream) -> None:

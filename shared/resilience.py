@@ -392,6 +392,11 @@ class Breaker(CircuitBreaker):
         self._notify()
         return str(self.state)
 
+    @property
+    def failure_threshold(self) -> int:
+        """Consecutive failures that open this breaker."""
+        return self._failure_threshold
+
     def acquire_trial(self) -> bool:
         """In half_open, take the single trial lease; False while another caller holds it.
 
