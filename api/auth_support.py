@@ -75,7 +75,7 @@ class AuthRuntime:
     limiter: SignInLimiter
 
 
-def auth_runtime(request: Request) -> AuthRuntime:
+async def auth_runtime(request: Request) -> AuthRuntime:
     """The app's AuthRuntime (built on first use; a dev secret is generated when none is configured)."""
     state = request.app.state
     runtime: AuthRuntime | None = getattr(state, "auth_runtime", None)
