@@ -202,3 +202,12 @@ async def revoke_session(*, sessions: SessionFactory, cache: SessionCache, token
 def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; they are UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def purge_expired_sessions(*, sessions: SessionFactory, now: datetime | None = None) -> int:
+    """Delete sessions whose expiry has passed (they can never authenticate again); return how many."""
+    cutoff = now or utcnow()
+    async with sessions() as db:
+        result = await db.exec(delete(AuthSession).where(col(AuthSession.expires_at) < cutoff))
+        await db.commit()
+    return int(getattr(result, "rowcount", 0) or 0)

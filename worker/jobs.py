@@ -24,10 +24,12 @@ from typing import Any
 
 from arq import Retry
 from arq.constants import in_progress_key_prefix
+from arq.cron import cron
 from arq.worker import func
 from sqlmodel import func as sql_func
 from sqlmodel import select
 
+import shared.sessions as sessions_service
 from shared.clients import Services
 from shared.config import Settings
 from shared.constants import (
@@ -195,7 +197,18 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
 #: arq's try limit for ingestion is out of reach on purpose: `ingest_documents` enforces INGEST_MAX_TRIES.
 ARQ_MAX_TRIES_OUT_OF_REACH = 1_000_000
 
+
+async def purge_expired_sessions(ctx: dict[str, Any]) -> int:
+    """Cron: delete expired sign-in sessions so the table does not grow forever."""
+    services: Services = ctx["services"]
+    removed = await sessions_service.purge_expired_sessions(sessions=services.sessions)
+    log.info("auth.expired_sessions_purged", sessions=removed)
+    return removed
+
+
 JOB_FUNCTIONS: list[Any] = [ping, func(ingest_documents, name=JOB_INGEST, max_tries=ARQ_MAX_TRIES_OUT_OF_REACH)]
+#: Hourly maintenance (minute 17, off the hour's peak); arq runs a cron job once across workers.
+CRON_JOBS: list[Any] = [cron(purge_expired_sessions, minute={17}, run_at_startup=True, unique=True)]
 
 
 # ---------------------------------------------------------------------------------------------

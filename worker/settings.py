@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
 from shared.logging import get_logger
 from shared.metrics import instrument_jobs
-from worker.jobs import JOB_FUNCTIONS, on_worker_shutdown, on_worker_startup
+from worker.jobs import CRON_JOBS, JOB_FUNCTIONS, on_worker_shutdown, on_worker_startup
 
 log = get_logger(__name__)
 
@@ -43,6 +43,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
     """The arq worker for the ingestion queue."""
     options: dict[str, Any] = {
         "functions": instrument_jobs(JOB_FUNCTIONS),
+        "cron_jobs": CRON_JOBS,
         "queue_name": QUEUE_NAME,
         "redis_settings": redis_settings(settings),
         "on_startup": on_startup,
