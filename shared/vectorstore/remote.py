@@ -1,0 +1,277 @@
+"""Embedded mode: the arq worker serves its local-mode store to the API processes over Redis.
+
+`RemoteVectorStore` is what the API processes use: each call is a small RPC, the request goes onto a
+list that the worker's `VectorStoreRpcServer` pops (BLPOP), and the answer comes back on a per-request
+reply key. Ranking is the same as on a server because the same hybrid query (dense + BM25, RRF fusion)
+runs inside the worker. Imports no Qdrant code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from shared.config import Settings
+from shared.constants import VECTOR_RPC_PREFIX
+from shared.errors import UpstreamUnavailable
+from shared.logging import get_logger
+from shared.resilience import Resilience, Upstream
+from shared.sparse import SparseVector
+from shared.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, VectorStore
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+__all__ = [
+    "RPC_METHODS",
+    "RPC_REPLY_PREFIX",
+    "RPC_REQUESTS_KEY",
+    "RPC_SERVER_KEY",
+    "RPC_SERVER_TTL_S",
+    "RemoteVectorStore",
+    "VectorStoreRpcServer",
+]
+
+log = get_logger(__name__)
+
+RPC_REQUESTS_KEY = VECTOR_RPC_PREFIX + "requests"
+RPC_REPLY_PREFIX = VECTOR_RPC_PREFIX + "reply:"
+#: Present while a worker serves the local store (TTL refreshed every few seconds, deleted on shutdown).
+RPC_SERVER_KEY = VECTOR_RPC_PREFIX + "server"
+RPC_SERVER_TTL_S = 15
+
+
+def _encode_args(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = dict(kwargs)
+    if "points" in out:
+        out["points"] = [p.as_dict() for p in out["points"]]
+    if out.get("sparse") is not None:
+        out["sparse"] = SparseVector(list(out["sparse"].indices), list(out["sparse"].values)).as_dict()
+    if out.get("sources") is not None:
+        out["sources"] = list(out["sources"])
+    return out
+
+
+def _decode_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = dict(kwargs)
+    if "points" in out:
+        out["points"] = [ChunkPoint.from_dict(p) for p in out["points"]]
+    if out.get("sparse") is not None:
+        out["sparse"] = SparseVector(indices=list(out["sparse"]["indices"]), values=list(out["sparse"]["values"]))
+    return out
+
+
+RPC_METHODS = frozenset(
+    {"ensure_collection", "upsert", "delete_source", "replace_source", "chunk_hashes", "query", "count", "health"}
+)
+
+
+class RemoteVectorStore:
+    """`VectorStore` for API processes in embedded mode: every call is an RPC to the worker over Redis."""
+
+    def __init__(self, settings: Settings, *, redis: ArqRedis, resilience: Resilience | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.resilience = resilience
+        self.timeout_s = settings.vector_rpc_timeout
+        self.mode = "local-rpc"
+
+    async def _rpc(self, method: str, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        timeout = timeout_s or self.timeout_s
+
+        async def call() -> Any:
+            if not await self.redis.exists(RPC_SERVER_KEY):
+                # Fail fast instead of waiting for a timeout while the worker is down or restarting.
+                raise ConnectionError("the ingestion worker, which serves the embedded vector store, is not running")
+            request_id = uuid.uuid4().hex
+            reply_key = RPC_REPLY_PREFIX + request_id
+            message = {
+                "id": request_id,
+                "method": method,
+                "args": _encode_args(method, kwargs),
+                "reply": reply_key,
+                "deadline": time.time() + timeout,
+            }
+            await self.redis.rpush(RPC_REQUESTS_KEY, json.dumps(message, separators=(",", ":")))
+            answer = await self.redis.blpop([reply_key], timeout=timeout)
+            if answer is None:
+                with contextlib.suppress(Exception):
+                    await self.redis.delete(reply_key)
+                raise TimeoutError(f"no answer from the ingestion worker's vector store within {timeout:.0f} s")
+            reply = json.loads(answer[1])
+            if reply.get("ok"):
+                return reply.get("result")
+            if reply.get("kind") == "caller":
+                raise ValueError(reply.get("message", "bad vector store request"))
+            if reply.get("kind") == "mismatch":
+                raise CollectionMismatch(reply.get("message", "collection mismatch"))
+            raise ConnectionError(f"vector store error in the worker: {reply.get('error')}")
+
+        if self.resilience is None:
+            return await call()
+        return await self.resilience.call(Upstream.QDRANT, call, retry=False)
+
+    async def ensure_collection(self) -> None:
+        """Ask the worker to ensure the collection."""
+        await self._rpc("ensure_collection")
+
+    async def upsert(self, points: Sequence[ChunkPoint]) -> int:
+        """Write points through the worker."""
+        return int(await self._rpc("upsert", points=list(points)))
+
+    async def delete_source(self, source: str) -> int:
+        """Remove a source's chunks through the worker."""
+        return int(await self._rpc("delete_source", source=source))
+
+    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
+        """Replace a source's chunks through the worker."""
+        return int(await self._rpc("replace_source", source=source, points=list(points), total=total))
+
+    async def chunk_hashes(self, source: str) -> dict[int, str]:
+        """Stored chunk hashes of a source."""
+        result = await self._rpc("chunk_hashes", source=source)
+        return {int(k): str(v) for k, v in result.items()}
+
+    async def query(
+        self,
+        *,
+        dense: list[float] | None,
+        sparse: SparseVector | None,
+        limit: int = 5,
+        score_threshold: float | None = None,
+        dense_score_threshold: float | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> list[ScoredChunk]:
+        """Hybrid search run by the worker."""
+        result = await self._rpc(
+            "query",
+            dense=dense,
+            sparse=sparse,
+            limit=limit,
+            score_threshold=score_threshold,
+            dense_score_threshold=dense_score_threshold,
+            sources=sources,
+        )
+        return [ScoredChunk(**item) for item in result]
+
+    async def count(self, source: str | None = None) -> int:
+        """Point count from the worker."""
+        return int(await self._rpc("count", source=source))
+
+    async def health(self) -> dict[str, Any]:
+        """The worker's store health, with the RPC round trip."""
+        started = time.perf_counter()
+        try:
+            result: dict[str, Any] = await self._rpc("health", timeout_s=2.0)
+        except Exception as exc:
+            return {"status": "down", "mode": self.mode, "detail": f"vector store RPC failed: {type(exc).__name__}"}
+        result = dict(result)
+        result["mode"] = self.mode
+        result["rpc_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    async def close(self) -> None:
+        """Nothing to close: the Redis pool belongs to `Services`."""
+
+
+class VectorStoreRpcServer:
+    """Runs in the arq worker: pops RPC requests from Redis and answers them from the local store."""
+
+    def __init__(self, store: VectorStore, *, redis: ArqRedis, concurrency: int = 16) -> None:
+        self.store = store
+        self.redis = redis
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.served = 0
+
+    async def start(self) -> None:
+        """Announce the server and start serving in the background."""
+        await self.redis.set(RPC_SERVER_KEY, "1", ex=RPC_SERVER_TTL_S)
+        if self._task is None:
+            self._task = asyncio.create_task(self._serve(), name="vectorstore-rpc")
+
+    async def stop(self) -> None:
+        """Stop serving; in-flight requests get a moment to finish."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=2.0)
+        with contextlib.suppress(Exception):
+            await self.redis.delete(RPC_SERVER_KEY)
+
+    async def _serve(self) -> None:
+        log.info("vectorstore.rpc_serving", key=RPC_REQUESTS_KEY)
+        announced = 0.0
+        while True:
+            try:
+                if time.monotonic() - announced > RPC_SERVER_TTL_S / 3:
+                    await self.redis.set(RPC_SERVER_KEY, "1", ex=RPC_SERVER_TTL_S)
+                    announced = time.monotonic()
+                item = await self.redis.blpop([RPC_REQUESTS_KEY], timeout=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("vectorstore.rpc_pop_failed", error=type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if item is None:
+                continue
+            await self._semaphore.acquire()
+            task = asyncio.create_task(self._handle(item[1]))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._semaphore.release()
+
+    async def _handle(self, raw: bytes | str) -> None:
+        try:
+            message = json.loads(raw)
+            reply_key = str(message["reply"])
+        except Exception:
+            log.warning("vectorstore.rpc_bad_message")
+            return
+        if float(message.get("deadline", 0)) < time.time():
+            return  # the caller gave up long ago (e.g. queued while the worker restarted)
+        reply = await self.dispatch(str(message.get("method", "")), message.get("args") or {})
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(reply_key, json.dumps(reply, separators=(",", ":")))
+                pipe.expire(reply_key, 30)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("vectorstore.rpc_reply_failed", error=type(exc).__name__)
+        self.served += 1
+
+    async def dispatch(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one store method and return the JSON reply."""
+        if method not in RPC_METHODS:
+            return {"ok": False, "kind": "caller", "error": "unknown_method", "message": f"unknown method {method!r}"}
+        fn: Callable[..., Awaitable[Any]] = getattr(self.store, method)
+        try:
+            result = await fn(**_decode_args(args))
+        except CollectionMismatch as exc:
+            return {"ok": False, "kind": "mismatch", "error": type(exc).__name__, "message": str(exc)}
+        except (ValueError, TypeError, KeyError) as exc:
+            return {"ok": False, "kind": "caller", "error": type(exc).__name__, "message": str(exc)[:500]}
+        except UpstreamUnavailable as exc:
+            return {"ok": False, "kind": "unavailable", "error": exc.code, "message": str(exc.detail)}
+        except Exception as exc:
+            log.warning("vectorstore.rpc_failed", method=method, error=type(exc).__name__)
+            return {"ok": False, "kind": "unavailable", "error": type(exc).__name__, "message": "store error"}
+        if method == "query":
+            result = [asdict(hit) for hit in result]
+        elif method == "chunk_hashes":
+            result = {str(k): v for k, v in result.items()}
+        return {"ok": True, "result": result}
