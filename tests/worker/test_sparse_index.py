@@ -7,6 +7,7 @@ mode's own query (the Query API request a server would get) next to the store's 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from shared.constants import DENSE_VECTOR, SPARSE_VECTOR
 from shared.sparse import encode_document, encode_query
 from shared.sparse_index import SparseIndex
 from shared.vectorstore import ChunkPoint, QdrantVectorStore, ScoredChunk, point_id
+from shared.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
 from tests.utils.chat_corpus import chat_settings, indexed_store
 
@@ -296,3 +298,14 @@ async def test_reopened_collection_matches(corpus: Corpus) -> None:
         await _compare_candidates(reopened, question, limit=10_000)
     for question in QUERIES[:5]:
         await _compare(corpus, question, sources=None)
+
+
+async def test_rpc_carries_the_embedding_exactly() -> None:
+    """The embedded-mode RPC packs the query embedding as float64 bytes: every value comes back bit for bit."""
+    dense = [*fake_embedding("What is the zero moment point?", 1536), 1e-300, -0.0, 0.1 + 0.2]
+    wire = json.dumps(_encode_args("query", {"dense": dense, "sparse": encode_query("zmp"), "limit": 3}))
+    assert "dense_f64" in wire
+    decoded = _decode_args(json.loads(wire))
+    assert decoded["dense"] == dense
+    assert all(type(x) is float for x in decoded["dense"])
+    assert _decode_args(json.loads(json.dumps(_encode_args("query", {"dense": None}))))["dense"] is None
