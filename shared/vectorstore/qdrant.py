@@ -140,6 +140,9 @@ class QdrantVectorStore:
             log.info("vectorstore.collection_created", collection=self.collection, dimensions=self.dimensions)
         if self._local is not None:
             await self._run_local(self._tune_local_storage)
+            # Build the BM25 index now (~0.1 s at 5,000 chunks) rather than in the first reader's query;
+            # from here on the writes keep it current.
+            await self._run_local(self._ready_sparse_index)
         if self._local is None:
             # Filters by source (replace/delete/count) need an index on a server; local mode has none.
             for name, schema in (
