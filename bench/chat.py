@@ -30,9 +30,10 @@ from pathlib import Path
 import httpx
 
 from tests.fakes.openai_server import free_port
+from tests.utils.corpus import corpus_dir
 from tests.utils.stack import REPO, Stack, wait_for
 
-CORPUS = REPO.parent / "shared" / "corpus" / "physical-ai-textbook"
+CORPUS = corpus_dir()
 QUESTIONS = [
     "How do ROS 2 nodes communicate using topics?",
     "What is domain randomization in sim-to-real transfer?",

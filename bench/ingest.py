@@ -39,10 +39,11 @@ from shared.ingestion import DocumentInput, get_job, submit_ingest
 from shared.sparse import encode_query
 from shared.vectorstore import RemoteVectorStore
 from tests.fakes.openai_server import fake_embedding, free_port
+from tests.utils.corpus import corpus_dir
 from tests.utils.stack import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus" / "physical-ai-textbook"
+CORPUS = corpus_dir()
 
 
 def corpus(copies: int) -> list[DocumentInput]:

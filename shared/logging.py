@@ -163,6 +163,13 @@ def configure_logging(settings: Settings, *, role: str, extra_secrets: Iterable[
         lib_logger = logging.getLogger(name)
         lib_logger.handlers[:] = []
         lib_logger.propagate = True
+    # Another configuration in this process (uvicorn.Config, a dictConfig) may have left levels or
+    # disabled flags behind on these libraries' loggers; this function owns the process's logging.
+    managed = ("uvicorn", "gunicorn", "arq")
+    for name, existing in list(logging.root.manager.loggerDict.items()):
+        if isinstance(existing, logging.Logger) and name.split(".")[0] in managed:
+            existing.setLevel(logging.NOTSET)
+            existing.disabled = False
     # Access lines are emitted by our middleware with the request id; uvicorn's would duplicate them.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiosqlite", "asyncio", "alembic"):

@@ -13,10 +13,20 @@ import pytest
 import redis as redis_sync
 
 from tests.fakes.openai_server import FakeOpenAI
+from tests.utils.corpus import corpus_dir
 from tests.utils.stack import Stack
 
 PG_ADMIN_URL = os.environ.get("LECTERN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("LECTERN_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Fail the run at once, with the fix, when the real textbook is not where the tests expect it."""
+    if not corpus_dir().is_dir():
+        raise pytest.UsageError(
+            f"The textbook corpus is not at {corpus_dir()} (../shared/corpus beside the repo). "
+            "Set LECTERN_CORPUS_DIR to the physical-ai-textbook folder."
+        )
 
 
 def _service_missing(what: str) -> None:

@@ -28,12 +28,13 @@ from shared.config import Settings
 from shared.sparse import encode_query
 from shared.vectorstore import RemoteVectorStore
 from tests.fakes.openai_server import FakeOpenAI
+from tests.utils.corpus import corpus_dir
 from tests.utils.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus" / "physical-ai-textbook"
+CORPUS = corpus_dir()
 SAMPLE = REPO / "docs" / "sample"
 ADMIN_KEY = "ingest-admin-key-" + uuid.uuid4().hex[:8]
 HEADERS = {"X-API-Key": ADMIN_KEY}

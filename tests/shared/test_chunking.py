@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
 from shared.chunking import Chunk, chunk_markdown, docs_url, heading_slug, parse_front_matter
+from tests.utils.corpus import corpus_dir
 
 SITE = "https://book.example"
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "physical-ai-textbook"
+CORPUS = corpus_dir()
 
 
 def chunks_of(text: str, *, chunk_size: int = 1200, overlap: int = 150) -> list[Chunk]:

@@ -24,9 +24,10 @@ from shared.constants import ROLE_WORKER
 from shared.db.migrate import upgrade
 from shared.ingestion import load_directory, run_ingest_job, submit_ingest
 from shared.vectorstore import VectorStore
+from tests.utils.corpus import corpus_dir
 
 REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus" / "physical-ai-textbook"
+CORPUS = corpus_dir()
 
 
 def corpus_files() -> list[Path]:

@@ -29,9 +29,10 @@ from shared.config import Settings
 from shared.db.migrate import upgrade
 from shared.vectorstore import QdrantVectorStore
 from tests.conftest import REDIS_TEST_URL
+from tests.utils.corpus import corpus_dir
 from worker.settings import build_worker
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "physical-ai-textbook"
+CORPUS = corpus_dir()
 
 
 def corpus_documents() -> list[dict[str, str]]:
