@@ -8,11 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth_support import AuthRuntime, client_ip, presented_tokens
 from api.deps import AuthRuntimeDep, CurrentAuth, OptionalAuth
 from shared.auth import hash_password_async, verify_password_async
-from shared.db.models import UserProfile
+from shared.db.models import User, UserProfile
 from shared.errors import Unauthorized
 from shared.logging import get_logger
 from shared.resilience import Upstream
@@ -113,6 +114,19 @@ def _email_ref(email: str) -> str:
     return hashlib.sha256(email.encode("utf-8")).hexdigest()[:12]
 
 
+async def _open_session(
+    db: AsyncSession, *, user: User, profile: UserProfile | None, request: Request, runtime: AuthRuntime
+) -> AuthContext:
+    """A new session for `user`, stamped with the client's IP and user agent."""
+    return await create_session(
+        db=db,
+        user=user,
+        profile=profile,
+        ip_address=client_ip(request, runtime.settings),
+        user_agent=_user_agent(request),
+    )
+
+
 async def _sign_up(body: SignUpBody, request: Request, response: Response, runtime: AuthRuntime) -> dict[str, Any]:
     password_hash = await hash_password_async(body.password)
     services = runtime.services
@@ -130,13 +144,7 @@ async def _sign_up(body: SignUpBody, request: Request, response: Response, runti
             profile = UserProfile(user_id=user.id, **answers) if answers else None
             if profile is not None:
                 db.add(profile)
-            return await create_session(
-                db=db,
-                user=user,
-                profile=profile,
-                ip_address=client_ip(request, runtime.settings),
-                user_agent=_user_agent(request),
-            )
+            return await _open_session(db, user=user, profile=profile, request=request, runtime=runtime)
 
     ctx = await services.resilience.call(Upstream.DATABASE, insert, retry=False)
     runtime.cookies.set(response, ctx.token)
@@ -182,13 +190,7 @@ async def sign_in_email(
 
     async def start() -> AuthContext:
         async with services.sessions() as db:
-            return await create_session(
-                db=db,
-                user=user,
-                profile=profile,
-                ip_address=client_ip(request, runtime.settings),
-                user_agent=_user_agent(request),
-            )
+            return await _open_session(db, user=user, profile=profile, request=request, runtime=runtime)
 
     ctx = await services.resilience.call(Upstream.DATABASE, start, retry=False)
     runtime.cookies.set(response, ctx.token, remember=body.rememberMe is not False)
