@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -99,3 +100,17 @@ def test_openai_compatible_models(stack: Stack) -> None:
     """GET /v1/models answers on the stack."""
     models = httpx.get(stack.url("/v1/models"), timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["lectern"]
+
+
+def test_programs_run_with_one_blas_thread(stack: Stack) -> None:
+    """The API and the worker run with one BLAS thread: numpy's OpenBLAS otherwise busy-waits on every
+    core after each vector search (~100 ms of CPU per query, taken from the API on a 2-core Space)."""
+    states = stack.program_states()
+    for program in ("api", "worker"):
+        pid = states[program][1]
+        assert pid is not None, states
+        environ = dict(
+            item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
+        )
+        assert environ.get(b"OPENBLAS_NUM_THREADS") == b"1", program
+        assert environ.get(b"OMP_NUM_THREADS") == b"1", program
