@@ -16,17 +16,25 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["SSE_HEADERS", "EventStreamResponse", "format_event", "with_heartbeat"]
+__all__ = ["SSE_HEADERS", "EventStreamResponse", "format_event", "format_text_event", "with_heartbeat"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 PING = ": ping\n\n"
 
 
+#: `json.dumps(..., ensure_ascii=False)` builds a new encoder per call; this one is built once.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def format_event(event: str | None, data: Any) -> str:
     """One SSE event; `data` is JSON-encoded on one line (strings too, unless `event` is None)."""
-    payload = data if isinstance(data, str) and event is None else json.dumps(data, ensure_ascii=False)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n"
+    payload = data if isinstance(data, str) and event is None else _encode(data)
+    return f"event: {event}\ndata: {payload}\n\n" if event else f"data: {payload}\n\n"
+
+
+def format_text_event(event: str, text: str) -> str:
+    """`format_event(event, {"text": text})`, byte for byte, without building the dict (once per token)."""
+    return f'event: {event}\ndata: {{"text": {_encode(text)}}}\n\n'
 
 
 class _Failure:
@@ -43,10 +51,14 @@ async def with_heartbeat(frames: AsyncIterator[str], *, interval_s: float) -> As
     """Pass `frames` through, adding a `: ping` comment whenever none came for `interval_s`.
 
     One producer task reads `frames` into a small queue for the whole stream, so a ping never cancels a
-    pending upstream read and no task is created per frame; closing this iterator cancels the producer,
-    which closes `frames` (and, through it, the upstream request).
+    pending upstream read and no task is created per frame; one timer per stream (re-armed from the time
+    of the last frame, not per frame) queues the ping. Closing this iterator cancels the producer, which
+    closes `frames` (and, through it, the upstream request).
     """
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+    loop = asyncio.get_running_loop()
+    last = loop.time()  # when the consumer last took something from the queue
+    timer: asyncio.TimerHandle | None = None
 
     async def pump() -> None:
         try:
@@ -57,15 +69,22 @@ async def with_heartbeat(frames: AsyncIterator[str], *, interval_s: float) -> As
             return
         await queue.put(_END)
 
+    def ping_if_idle() -> None:
+        nonlocal timer
+        now = loop.time()
+        due = last + interval_s
+        if now >= due:
+            if queue.empty():  # the consumer is waiting: nothing went out for interval_s
+                queue.put_nowait(PING)
+            due = now + interval_s
+        timer = loop.call_at(due, ping_if_idle)
+
     producer = asyncio.ensure_future(pump())
+    timer = loop.call_at(last + interval_s, ping_if_idle)
     try:
         while True:
-            try:
-                async with asyncio.timeout(interval_s):
-                    item = await queue.get()
-            except TimeoutError:
-                yield PING
-                continue
+            item = await queue.get()
+            last = loop.time()
             if item is _END:
                 return
             if isinstance(item, _Failure):
@@ -73,6 +92,7 @@ async def with_heartbeat(frames: AsyncIterator[str], *, interval_s: float) -> As
             assert isinstance(item, str)
             yield item
     finally:
+        timer.cancel()
         if not producer.done():
             producer.cancel()
         with contextlib.suppress(BaseException):

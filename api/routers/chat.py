@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
-from api.sse import EventStreamResponse, format_event, with_heartbeat
+from api.sse import EventStreamResponse, format_event, format_text_event, with_heartbeat
 from shared.answering import generate, stream_answer
 from shared.chat import Turn, ensure_session, finish_turn, open_turn, plan_turn
 from shared.clients import Services
@@ -114,7 +114,7 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
                 if first is None:
                     first = time.perf_counter()
                 parts.append(text)
-                yield format_event("delta", {"text": text})
+                yield format_text_event("delta", text)
         finally:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
