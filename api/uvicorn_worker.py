@@ -1,4 +1,4 @@
-"""Gunicorn worker class: `uvicorn_worker.UvicornWorker` without the `server` banner header."""
+"""Gunicorn worker class: `uvicorn_worker.UvicornWorker` with our protocol, event loop and no banner."""
 
 from typing import Any, ClassVar
 
@@ -14,4 +14,6 @@ class LecternUvicornWorker(UvicornWorker):
         "access_log": False,
         # h11 with the JSON error envelope for requests h11 refuses (431 oversized headers, 400 malformed).
         "http": "api.http_protocol:EnvelopeH11Protocol",
+        # One accept per loop iteration, so a burst of connections is shared by the workers (api/event_loop.py).
+        "loop": "api.event_loop:new_event_loop",
     }

@@ -1,0 +1,102 @@
+"""The Gunicorn workers' event loop shares a burst of new connections between processes, refuses none and
+still accepts every connection when it is the only worker (real sockets, forked processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections import Counter
+
+import pytest
+
+from api.event_loop import MAX_ACCEPT_DELAY_S, BalancedAcceptEventLoop
+
+
+class _Hold(asyncio.Protocol):
+    """Answers the accepting process's pid, then keeps the connection open (like a stream in flight)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(f"{os.getpid()}\n".encode())
+
+
+def _serve(listener: socket.socket) -> None:
+    loop = BalancedAcceptEventLoop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(loop.create_server(_Hold, sock=listener, backlog=2048))
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    loop.run_forever()
+
+
+def _burst(port: int, count: int) -> list[str]:
+    """Open `count` connections at once (non-blocking connects, as a crowd of readers would), then read
+    which process accepted each."""
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for client in clients:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        for client in clients:
+            client.settimeout(10)
+        return [client.makefile().readline().strip() for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.fixture
+def listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _start(listener: socket.socket, workers: int) -> list[multiprocessing.process.BaseProcess]:
+    context = multiprocessing.get_context("fork")
+    processes: list[multiprocessing.process.BaseProcess] = [
+        context.Process(target=_serve, args=(listener,), daemon=True) for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    time.sleep(0.5)  # both loops are waiting on the socket
+    return processes
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    for process in processes:
+        process.terminate()
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+
+
+def test_two_workers_share_a_burst(listener: socket.socket) -> None:
+    """50 connections opened at once: each of two workers takes at least a third of them."""
+    processes = _start(listener, 2)
+    try:
+        pids = Counter(_burst(listener.getsockname()[1], 50))
+    finally:
+        _stop(processes)
+    assert sum(pids.values()) == 50
+    assert set(pids) == {str(p.pid) for p in processes}, pids
+    assert min(pids.values()) >= 50 // 3, pids
+
+
+def test_a_lone_busy_worker_accepts_everything(listener: socket.socket) -> None:
+    """With no other worker to defer to, every connection is still accepted, each within the delay cap."""
+    processes = _start(listener, 1)
+    try:
+        started = time.monotonic()
+        pids = Counter(_burst(listener.getsockname()[1], 60))
+        elapsed = time.monotonic() - started
+    finally:
+        _stop(processes)
+    assert pids == Counter({str(processes[0].pid): 60})
+    assert elapsed < 60 * MAX_ACCEPT_DELAY_S + 5  # bounded wait, generous for a loaded machine
