@@ -43,6 +43,7 @@ __all__ = [
 
 log = get_logger(__name__)
 
+
 RPC_REQUESTS_KEY = VECTOR_RPC_PREFIX + "requests"
 RPC_REPLY_PREFIX = VECTOR_RPC_PREFIX + "reply:"
 #: Present while a worker serves the local store (TTL refreshed every few seconds, deleted on shutdown).
@@ -103,9 +104,6 @@ class RemoteVectorStore:
         timeout = timeout_s or self.timeout_s
 
         async def call() -> Any:
-            if not await self.redis.exists(RPC_SERVER_KEY):
-                # Fail fast instead of waiting for a timeout while the worker is down or restarting.
-                raise ConnectionError("the ingestion worker, which serves the embedded vector store, is not running")
             request_id = uuid.uuid4().hex
             reply_key = RPC_REPLY_PREFIX + request_id
             message = {
@@ -115,7 +113,15 @@ class RemoteVectorStore:
                 "reply": reply_key,
                 "deadline": time.time() + timeout,
             }
-            await self.redis.rpush(RPC_REQUESTS_KEY, json.dumps(message, separators=(",", ":")))
+            # One round trip: is a worker serving, and the request. Without a server the request stays
+            # queued until its deadline, when a worker that comes back drops it unanswered.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(RPC_SERVER_KEY)
+                pipe.rpush(RPC_REQUESTS_KEY, json.dumps(message, separators=(",", ":")))
+                serving, _ = await pipe.execute()
+            if not serving:
+                # Fail fast instead of waiting for a timeout while the worker is down or restarting.
+                raise ConnectionError("the ingestion worker, which serves the embedded vector store, is not running")
             answer = await self.redis.blpop([reply_key], timeout=timeout)
             if answer is None:
                 with contextlib.suppress(Exception):
@@ -175,7 +181,7 @@ class RemoteVectorStore:
             dense_score_threshold=dense_score_threshold,
             sources=sources,
         )
-        return [ScoredChunk(**item) for item in result]
+        return [_decode_hit(item) for item in result]
 
     async def count(self, source: str | None = None) -> int:
         """Point count from the worker."""
@@ -235,16 +241,24 @@ class VectorStoreRpcServer:
                     await self.redis.set(RPC_SERVER_KEY, "1", ex=RPC_SERVER_TTL_S)
                     announced = time.monotonic()
                 item = await self.redis.blpop([RPC_REQUESTS_KEY], timeout=1)
+                if item is None:
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("vectorstore.rpc_pop_failed", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            if item is None:
-                continue
+            raws: list[bytes | str] = [item[1]]
+            try:
+                # A burst of readers: take what else is queued now (one round trip) and answer it as a batch.
+                raws.extend(await self.redis.lpop(RPC_REQUESTS_KEY, RPC_BATCH - 1) or [])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. Redis < 6.2 (no LPOP count): one request at a time
+                log.debug("vectorstore.rpc_batch_pop_failed", error=type(exc).__name__)
             await self._semaphore.acquire()
-            task = asyncio.create_task(self._handle(item[1]))
+            task = asyncio.create_task(self._handle_batch(raws))
             self._inflight.add(task)
             task.add_done_callback(self._done)
 
@@ -252,24 +266,44 @@ class VectorStoreRpcServer:
         self._inflight.discard(task)
         self._semaphore.release()
 
-    async def _handle(self, raw: bytes | str) -> None:
-        try:
-            message = json.loads(raw)
-            reply_key = str(message["reply"])
-        except Exception:
-            log.warning("vectorstore.rpc_bad_message")
-            return
-        if float(message.get("deadline", 0)) < time.time():
-            return  # the caller gave up long ago (e.g. queued while the worker restarted)
+    async def _handle_batch(self, raws: Sequence[bytes | str]) -> None:
+        """Answer popped requests: every `query` in one store call, each other method on its own."""
+        queries: list[dict[str, Any]] = []
+        others: list[dict[str, Any]] = []
+        now = time.time()
+        for raw in raws:
+            try:
+                message = json.loads(raw)
+                message["reply"] = str(message["reply"])
+            except Exception:
+                log.warning("vectorstore.rpc_bad_message")
+                continue
+            if float(message.get("deadline", 0)) < now:
+                continue  # the caller gave up long ago (e.g. queued while the worker restarted)
+            (queries if message.get("method") == "query" else others).append(message)
+        jobs = [self._answer_one(message) for message in others]
+        if queries:
+            jobs.append(self._answer_queries(queries))
+        await asyncio.gather(*jobs)
+
+    async def _answer_one(self, message: dict[str, Any]) -> None:
         reply = await self.dispatch(str(message.get("method", "")), message.get("args") or {})
+        await self._send([(message["reply"], reply)])
+
+    async def _answer_queries(self, messages: list[dict[str, Any]]) -> None:
+        replies = await self.dispatch_queries([message.get("args") or {} for message in messages])
+        await self._send([(message["reply"], reply) for message, reply in zip(messages, replies, strict=True)])
+
+    async def _send(self, replies: list[tuple[str, dict[str, Any]]]) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(reply_key, json.dumps(reply, separators=(",", ":")))
-                pipe.expire(reply_key, 30)
+                for reply_key, reply in replies:
+                    pipe.rpush(reply_key, json.dumps(reply, separators=(",", ":")))
+                    pipe.expire(reply_key, 30)
                 await pipe.execute()
         except Exception as exc:
             log.warning("vectorstore.rpc_reply_failed", error=type(exc).__name__)
-        self.served += 1
+        self.served += len(replies)
 
     async def dispatch(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run one store method and return the JSON reply."""
@@ -278,17 +312,79 @@ class VectorStoreRpcServer:
         fn: Callable[..., Awaitable[Any]] = getattr(self.store, method)
         try:
             result = await fn(**_decode_args(args))
-        except CollectionMismatch as exc:
-            return {"ok": False, "kind": "mismatch", "error": type(exc).__name__, "message": str(exc)}
-        except (ValueError, TypeError, KeyError) as exc:
-            return {"ok": False, "kind": "caller", "error": type(exc).__name__, "message": str(exc)[:500]}
-        except UpstreamUnavailable as exc:
-            return {"ok": False, "kind": "unavailable", "error": exc.code, "message": str(exc.detail)}
         except Exception as exc:
-            log.warning("vectorstore.rpc_failed", method=method, error=type(exc).__name__)
-            return {"ok": False, "kind": "unavailable", "error": type(exc).__name__, "message": "store error"}
-        if method == "query":
-            result = [asdict(hit) for hit in result]
-        elif method == "chunk_hashes":
-            result = {str(k): v for k, v in result.items()}
-        return {"ok": True, "result": result}
+            return _error_reply(method, exc)
+        return _ok_reply(method, result)
+
+    async def dispatch_queries(self, batch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run several `query` requests (one store call when the store has `query_many`); replies in order."""
+        replies: list[dict[str, Any] | None] = [None] * len(batch)
+        decoded: list[tuple[int, dict[str, Any]]] = []
+        for position, args in enumerate(batch):
+            try:
+                decoded.append((position, _decode_args(args)))
+            except Exception as exc:
+                replies[position] = _error_reply("query", exc)
+        query_many: Callable[..., Awaitable[list[Any]]] | None = getattr(self.store, "query_many", None)
+        try:
+            if query_many is not None:
+                outcomes = await query_many([kwargs for _, kwargs in decoded])
+            else:
+                outcomes = [await self._outcome(self.store.query(**kwargs)) for _, kwargs in decoded]
+        except Exception as exc:  # the whole call failed (e.g. the breaker is open): every reader gets it
+            outcomes = [exc] * len(decoded)
+        for (position, _), outcome in zip(decoded, outcomes, strict=True):
+            replies[position] = (
+                _error_reply("query", outcome) if isinstance(outcome, Exception) else _ok_reply("query", outcome)
+            )
+        return [reply for reply in replies if reply is not None]
+
+    @staticmethod
+    async def _outcome(call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except Exception as exc:
+            return exc
+
+
+#: Requests answered per batch (one store call for the queries among them).
+RPC_BATCH = 32
+#: `ScoredChunk` fields that mirror payload keys: sent once, the payload is rebuilt from them.
+_MIRRORED = ("source", "title", "heading", "heading_path", "chunk_index", "url", "content", "content_hash")
+
+
+def _error_reply(method: str, exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, CollectionMismatch):
+        return {"ok": False, "kind": "mismatch", "error": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, ValueError | TypeError | KeyError):
+        return {"ok": False, "kind": "caller", "error": type(exc).__name__, "message": str(exc)[:500]}
+    if isinstance(exc, UpstreamUnavailable):
+        return {"ok": False, "kind": "unavailable", "error": exc.code, "message": str(exc.detail)}
+    log.warning("vectorstore.rpc_failed", method=method, error=type(exc).__name__)
+    return {"ok": False, "kind": "unavailable", "error": type(exc).__name__, "message": "store error"}
+
+
+def _ok_reply(method: str, result: Any) -> dict[str, Any]:
+    if method == "query":
+        result = [_encode_hit(hit) for hit in result]
+    elif method == "chunk_hashes":
+        result = {str(k): v for k, v in result.items()}
+    return {"ok": True, "result": result}
+
+
+def _encode_hit(hit: ScoredChunk) -> dict[str, Any]:
+    """A hit without its payload's copy of the mirrored fields (the content would travel twice)."""
+    item = asdict(hit)
+    payload = item.pop("payload")
+    mirrored = [k for k in _MIRRORED if k in payload and payload[k] == item[k]]
+    item["payload_extra"] = {k: v for k, v in payload.items() if k not in mirrored}
+    item["payload_keys"] = mirrored
+    return item
+
+
+def _decode_hit(item: dict[str, Any]) -> ScoredChunk:
+    extra = item.pop("payload_extra", None)
+    keys = item.pop("payload_keys", None)
+    if extra is not None and keys is not None:
+        item["payload"] = {**{k: item[k] for k in keys}, **extra}
+    return ScoredChunk(**item)

@@ -21,6 +21,7 @@ from shared.constants import DENSE_VECTOR, SPARSE_VECTOR
 from shared.sparse import encode_document, encode_query
 from shared.sparse_index import SparseIndex
 from shared.vectorstore import ChunkPoint, QdrantVectorStore, ScoredChunk, point_id
+from shared.vectorstore.qdrant import _Search
 from shared.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
 from tests.utils.chat_corpus import chat_settings, indexed_store
@@ -309,3 +310,58 @@ async def test_rpc_carries_the_embedding_exactly() -> None:
     assert decoded["dense"] == dense
     assert all(type(x) is float for x in decoded["dense"])
     assert _decode_args(json.loads(json.dumps(_encode_args("query", {"dense": None}))))["dense"] is None
+
+
+def _assert_same_up_to_ties(actual: list[tuple[str, float]], expected: list[tuple[str, float]], what: str) -> None:
+    """Scores equal within TOL, and the same ids in the same order except inside runs of scores that
+    local mode computes (in float64) as differing by less than TOL: the float32 scan may swap those."""
+    assert len(actual) == len(expected), what
+    for (_, a), (_, e) in zip(actual, expected, strict=True):
+        assert abs(a - e) <= TOL, (what, a, e)
+    start = 0
+    for end in range(1, len(expected) + 1):
+        if end == len(expected) or expected[end - 1][1] - expected[end][1] > TOL:
+            run = slice(start, end)
+            assert sorted(i for i, _ in actual[run]) == sorted(i for i, _ in expected[run]), (what, start)
+            start = end
+
+
+async def test_dense_scan_matches_local_mode(corpus: Corpus) -> None:
+    """The store's dense scan (one float32 product over the stored matrix) ranks like local mode's own
+    dense search, 200 deep, with and without a `sources` filter and a score threshold."""
+    store = corpus.store
+    assert store._use_dense_scan
+    compared = 0
+    for question in QUERIES:
+        dense = fake_embedding(question, corpus.settings.embedding_dimensions)
+        for sources, threshold in ((None, None), (corpus.sources[:3], None), (None, 0.02)):
+            search = _Search(
+                dense=dense,
+                sparse=None,
+                limit=200,
+                candidates=200,
+                query_filter=_filter(sources),
+                sources=sources,
+                dense_score_threshold=threshold,
+            )
+
+            def both(
+                local: QdrantClient, search: _Search = search, sources: list[str] | None = sources
+            ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+                expected = local.query_points(
+                    collection_name=store.collection,
+                    query=search.dense,
+                    using=DENSE_VECTOR,
+                    limit=200,
+                    query_filter=_filter(sources),
+                    score_threshold=search.dense_score_threshold,
+                    with_payload=False,
+                ).points
+                actual = store._dense_scan(search)
+                return [(str(p.id), p.score) for p in actual], [(str(p.id), float(p.score)) for p in expected]
+
+            actual, expected = await _on_store_thread(store, both)
+            _assert_same_up_to_ties(actual, expected, f"{question!r} sources={sources} threshold={threshold}")
+            compared += len(expected)
+    assert compared > 1000
+    assert store._use_dense_scan, "the scan answered every query (no fallback to local mode)"

@@ -140,3 +140,50 @@ async def test_rpc_errors_and_stale_requests(rpc: tuple[RemoteVectorStore, Vecto
     assert time.monotonic() - started < 1
     health = await remote.health()
     assert health["status"] == "down"
+
+
+class _CountingStore:
+    """The local store, recording the size of each `query_many` batch."""
+
+    def __init__(self, store: QdrantVectorStore) -> None:
+        self.store = store
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def query_many(self, requests: list[dict[str, object]]) -> list[object]:
+        self.batches.append(len(requests))
+        return list(await self.store.query_many(requests))
+
+
+async def test_rpc_answers_a_burst_as_one_batch(
+    rpc: tuple[RemoteVectorStore, VectorStoreRpcServer, Settings],
+) -> None:
+    """Concurrent readers' queries are answered in batches (one store call each) with the exact hits the
+    local store gives each of them; a malformed query in the batch fails alone."""
+    remote, server, _ = rpc
+    local = server.store
+    assert isinstance(local, QdrantVectorStore)
+    await remote.ensure_collection()
+    for source, texts in TEXTS.items():
+        await remote.replace_source(source, _points(source, texts))
+    questions = ["legged robots balance", "servo motors in joints", "inverse kinematics", "zero moment point"] * 8
+    counting = _CountingStore(local)
+    server.store = counting  # type: ignore[assignment]
+    try:
+        bad = remote.query(dense=[float("nan")] * DIMS, sparse=encode_query("robots"), limit=2)
+        results = await asyncio.gather(
+            bad,
+            *(remote.query(dense=fake_embedding(q, DIMS), sparse=encode_query(q), limit=2) for q in questions),
+            return_exceptions=True,
+        )
+    finally:
+        server.store = local
+    calls = counting.batches
+    assert isinstance(results[0], ValueError)
+    assert sum(calls) == len(questions) + 1
+    assert len(calls) < len(questions), f"batched: {calls}"
+    for question, hits in zip(questions, results[1:], strict=True):
+        expected = await local.query(dense=fake_embedding(question, DIMS), sparse=encode_query(question), limit=2)
+        assert hits == expected, question  # payloads included: rebuilt exactly on the API side
