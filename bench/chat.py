@@ -134,8 +134,10 @@ async def run_level(base_url: str, clients: int) -> list[Result]:
 
 
 def breakdown(lines: list[str]) -> None:
-    """Median/p95 of the server-side phases logged by the API (`chat.stream_done`, `retrieval.done`)."""
+    """Median/p95 of the server-side phases logged by the API (`chat.stream_done`, `retrieval.done`), and
+    how the streams were split between the Gunicorn workers."""
     phases: dict[str, list[float]] = {}
+    streams_per_worker: dict[int, int] = {}
     for line in lines:
         if '"chat.stream_done"' not in line and '"retrieval.done"' not in line:
             continue
@@ -143,6 +145,8 @@ def breakdown(lines: list[str]) -> None:
             event = json.loads(line)
         except ValueError:
             continue
+        if event.get("event") == "chat.stream_done" and isinstance(event.get("pid"), int):
+            streams_per_worker[event["pid"]] = streams_per_worker.get(event["pid"], 0) + 1
         for key in ("retrieval_ms", "open_ms", "first_token_ms", "total_ms", "embed_ms", "query_ms"):
             if isinstance(event.get(key), int | float):
                 phases.setdefault(key, []).append(float(event[key]))
@@ -150,6 +154,8 @@ def breakdown(lines: list[str]) -> None:
         print(
             f"  server {key:14s} p50 {statistics.median(values):8.1f}  p95 {_pct(values, 0.95):8.1f}  (n={len(values)})"
         )
+    if streams_per_worker:
+        print(f"  streams per API worker: {sorted(streams_per_worker.values(), reverse=True)}")
 
 
 def ingest(stack: Stack) -> None:
