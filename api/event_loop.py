@@ -18,9 +18,9 @@ from typing import Any
 __all__ = ["ACCEPT_DELAY_PER_CONNECTION_S", "MAX_ACCEPT_DELAY_S", "BalancedAcceptEventLoop", "new_event_loop"]
 
 #: How long a worker lets the others go first, per connection it already has open.
-ACCEPT_DELAY_PER_CONNECTION_S = 0.0005
+ACCEPT_DELAY_PER_CONNECTION_S = 0.0001
 #: The longest a busy worker waits before accepting a connection nobody else took.
-MAX_ACCEPT_DELAY_S = 0.01
+MAX_ACCEPT_DELAY_S = 0.002
 
 
 class BalancedAcceptEventLoop(asyncio.SelectorEventLoop):
