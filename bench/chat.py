@@ -8,8 +8,10 @@ What it does:
 2. starts the whole stack with `OPENAI_BASE_URL` pointing at it and `RATE_LIMIT_CHAT` set very high, in
    embedded mode (local Qdrant owned by the worker, reached by the API over the Redis RPC);
 3. ingests ../shared/corpus through `POST /api/ingest` and waits for the job;
-4. for each concurrency level, opens that many `POST /api/chat/stream` clients at once (each a different
-   in-book question), parses the SSE events and records time to first `delta` and to `done`.
+4. for each concurrency level, opens that many `POST /api/chat/stream` connections at once (10 in-book
+   questions in turn), parses the SSE events and records time to first `delta` and to `done`. The
+   load generator is a plain asyncio HTTP/1.1 client (`--client raw`, default): it shares the 2 cores with
+   the service, and httpx's own CPU per stream (`--client httpx`) adds to what is measured.
 
 Prints p50/p95/max of time to first token and of completion, errors, and the overhead over the fake
 model's own time (completion minus tokens x delay).
@@ -74,17 +76,66 @@ async def one_stream(client: httpx.AsyncClient, question: str, start: asyncio.Ev
                 if line.startswith("event: "):
                     event = line[7:]
                 elif line.startswith("data: "):
-                    result.events.append(event)
-                    if event == "delta":
-                        result.deltas += 1
-                        if result.ttft is None:
-                            result.ttft = time.perf_counter() - began
-                    elif event == "error":
-                        result.error = json.loads(line[6:]).get("code", "error")
-                    elif event == "done":
-                        result.total = time.perf_counter() - began
+                    _record(result, event, line[6:], began)
     except httpx.HTTPError as exc:
         result.error = type(exc).__name__
+    if result.error is None and result.total is None:
+        result.error = "no done event"
+    return result
+
+
+def _record(result: Result, event: str, data: str, began: float) -> None:
+    result.events.append(event)
+    if event == "delta":
+        result.deltas += 1
+        if result.ttft is None:
+            result.ttft = time.perf_counter() - began
+    elif event == "error":
+        result.error = json.loads(data).get("code", "error")
+    elif event == "done":
+        result.total = time.perf_counter() - began
+
+
+async def raw_stream(host: str, port: int, question: str, start: asyncio.Event) -> Result:
+    """The same request over a plain asyncio connection: one prepared HTTP/1.1 request, the chunked SSE
+    body parsed line by line. A lean load generator: on a 2-core machine the httpx client's own CPU
+    (~9 ms per 60-token stream) competes with the service it measures."""
+    result = Result()
+    body = json.dumps({"query": question}).encode()
+    request = (
+        f"POST /api/chat/stream HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    await start.wait()
+    began = time.perf_counter()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request)
+        status = (await reader.readline()).split(b" ", 2)
+        if len(status) < 2 or status[1] != b"200":
+            result.error = f"HTTP {status[1].decode() if len(status) > 1 else '?'}"
+            return result
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # headers (uvicorn streams with Transfer-Encoding: chunked)
+        event, pending = "", b""
+        while True:
+            size = int((await reader.readline()).strip() or b"0", 16)
+            if size == 0:
+                break
+            pending += await reader.readexactly(size + 2)  # the chunk and its CRLF
+            pending = pending[:-2]
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.startswith(b"event: "):
+                    event = line[7:].decode()
+                elif line.startswith(b"data: "):
+                    _record(result, event, line[6:].decode(), began)
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        result.error = type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
     if result.error is None and result.total is None:
         result.error = "no done event"
     return result
@@ -122,8 +173,16 @@ def report(label: str, results: list[Result], model_s: float) -> dict[str, float
     return summary
 
 
-async def run_level(base_url: str, clients: int) -> list[Result]:
-    """Fire `clients` streams at once."""
+async def run_level(base_url: str, clients: int, *, lean: bool = True) -> list[Result]:
+    """Fire `clients` streams at once (with the lean raw client, or httpx when `lean` is False)."""
+    if lean:
+        url = httpx.URL(base_url)
+        start = asyncio.Event()
+        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(clients)]
+        tasks = [asyncio.create_task(raw_stream(url.host, url.port or 80, q, start)) for q in questions]
+        await asyncio.sleep(0.2)
+        start.set()
+        return await asyncio.gather(*tasks)
     limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         start = asyncio.Event()
@@ -199,6 +258,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--token-delay-ms", type=float, default=25.0)
     parser.add_argument("--web-concurrency", type=int, default=2)
+    parser.add_argument(
+        "--client", choices=["raw", "httpx"], default="raw", help="load generator for the concurrent levels"
+    )
     args = parser.parse_args()
     model_s = args.tokens * args.token_delay_ms / 1000
 
@@ -244,7 +306,7 @@ def main() -> None:
         for level in args.clients:
             for round_no in range(args.rounds):
                 marks = len(stack.stdout_lines), len(stack.stderr_lines)
-                results = asyncio.run(run_level(stack.base_url, level))
+                results = asyncio.run(run_level(stack.base_url, level, lean=args.client == "raw"))
                 report(f"{level} concurrent, round {round_no + 1}", results, model_s)
                 breakdown(stack.stdout_lines[marks[0] :] + stack.stderr_lines[marks[1] :])
     finally:
