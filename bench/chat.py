@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.fakes.openai_server import free_port
+from tests.fakes.openai_server import free_port, spawn
 from tests.utils.corpus import corpus_dir
 from tests.utils.stack import REPO, Stack, wait_for
 
@@ -265,22 +264,7 @@ def main() -> None:
     model_s = args.tokens * args.token_delay_ms / 1000
 
     port = free_port()
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakes.openai_server",
-            "--port",
-            str(port),
-            "--tokens",
-            str(args.tokens),
-            "--token-delay-ms",
-            str(args.token_delay_ms),
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    fake = spawn(port, "--tokens", str(args.tokens), "--token-delay-ms", str(args.token_delay_ms), quiet=True)
     stack = Stack(
         env={
             "OPENAI_API_KEY": "sk-bench-not-a-real-key",

@@ -38,7 +38,7 @@ from shared.db.migrate import upgrade
 from shared.ingestion import DocumentInput, get_job, submit_ingest
 from shared.sparse import encode_query
 from shared.vectorstore import RemoteVectorStore
-from tests.fakes.openai_server import fake_embedding, free_port
+from tests.fakes.openai_server import fake_embedding, free_port, spawn
 from tests.utils.corpus import corpus_dir
 from tests.utils.stack import wait_for
 
@@ -106,18 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 stdout=subprocess.DEVNULL,
             )
         )
-        fake = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.openai_server",
-                "--port",
-                str(port),
-                "--latency-ms",
-                str(args.latency_ms),
-            ],
-            cwd=REPO,
-        )
+        fake = spawn(port, "--latency-ms", str(args.latency_ms))
         procs.append(fake)
         env = {
             "PATH": os.environ.get("PATH", ""),

@@ -20,9 +20,12 @@ import json
 import math
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -280,6 +283,18 @@ def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def spawn(port: int, *options: str, quiet: bool = False) -> subprocess.Popen[bytes]:
+    """This fake server as its own process (for benchmarks): `python -m tests.fakes.openai_server --port
+    PORT *options`, from the repo root; `quiet` drops its output."""
+    sink = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(port), *options],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=sink,
+        stderr=sink,
+    )
 
 
 class FakeOpenAI:
