@@ -12,7 +12,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,10 +49,6 @@ RPC_REPLY_PREFIX = VECTOR_RPC_PREFIX + "reply:"
 #: Present while a worker serves the local store (TTL refreshed every few seconds, deleted on shutdown).
 RPC_SERVER_KEY = VECTOR_RPC_PREFIX + "server"
 RPC_SERVER_TTL_S = 15
-#: For this long after a reply, a request is sent together with the wait for its answer (one round trip)
-#: instead of first checking the presence key; a worker that died meanwhile costs that request a timeout
-#: (or an answer from its restarted successor, which serves what was queued before the deadline).
-SERVER_SEEN_TTL_S = 2.0
 
 
 def _pack_floats(values: Sequence[float]) -> str:
@@ -104,7 +99,6 @@ class RemoteVectorStore:
         self.resilience = resilience
         self.timeout_s = settings.vector_rpc_timeout
         self.mode = "local-rpc"
-        self._server_seen_at = -math.inf  # when the worker last answered (monotonic)
 
     async def _rpc(self, method: str, timeout_s: float | None = None, **kwargs: Any) -> Any:
         timeout = timeout_s or self.timeout_s
@@ -119,32 +113,20 @@ class RemoteVectorStore:
                 "reply": reply_key,
                 "deadline": time.time() + timeout,
             }
-            request = json.dumps(message, separators=(",", ":"))
-            if time.monotonic() - self._server_seen_at < SERVER_SEEN_TTL_S:
-                # The worker answered moments ago: send the request and wait for its reply in one round
-                # trip (under load every await costs a lap of a busy event loop).
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.rpush(RPC_REQUESTS_KEY, request)
-                    pipe.blpop([reply_key], timeout=timeout)
-                    _, answer = await pipe.execute()
-            else:
-                # Is a worker serving? Asked with the request itself; without a server the request stays
-                # queued until its deadline, when a worker that comes back drops it unanswered.
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.exists(RPC_SERVER_KEY)
-                    pipe.rpush(RPC_REQUESTS_KEY, request)
-                    serving, _ = await pipe.execute()
-                if not serving:
-                    # Fail fast instead of waiting for a timeout while the worker is down or restarting.
-                    raise ConnectionError(
-                        "the ingestion worker, which serves the embedded vector store, is not running"
-                    )
-                answer = await self.redis.blpop([reply_key], timeout=timeout)
+            # One round trip: is a worker serving, and the request. Without a server the request stays
+            # queued until its deadline, when a worker that comes back drops it unanswered.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(RPC_SERVER_KEY)
+                pipe.rpush(RPC_REQUESTS_KEY, json.dumps(message, separators=(",", ":")))
+                serving, _ = await pipe.execute()
+            if not serving:
+                # Fail fast instead of waiting for a timeout while the worker is down or restarting.
+                raise ConnectionError("the ingestion worker, which serves the embedded vector store, is not running")
+            answer = await self.redis.blpop([reply_key], timeout=timeout)
             if answer is None:
                 with contextlib.suppress(Exception):
                     await self.redis.delete(reply_key)
                 raise TimeoutError(f"no answer from the ingestion worker's vector store within {timeout:.0f} s")
-            self._server_seen_at = time.monotonic()
             reply = json.loads(answer[1])
             if reply.get("ok"):
                 return reply.get("result")
