@@ -486,6 +486,9 @@ def test_redis_restart_keeps_queued_jobs_and_everyone_reconnects(stack: Stack) -
     wait_for(lambda: stack.program_states()["worker"][0] == "RUNNING", timeout=30, message="worker RUNNING")
     pid = stack.program_states()["worker"][1]
     print(f"worker pid before/after the live Redis restart: {worker_pid}/{pid}")
+    if pid != worker_pid:  # keep the evidence of why it restarted (seen in whole-suite runs only)
+        lines = [line for line in stack.output().splitlines() if '"role": "worker"' in line or "worker" in line]
+        print("worker restarted; its last lines:\n" + "\n".join(lines[-40:]))
 
 
 def _try_ingest(stack: Stack, docs: list[dict[str, str]]) -> str | None:
