@@ -14,7 +14,9 @@ What it does:
    the service, and httpx's own CPU per stream (`--client httpx`) adds to what is measured.
 
 Prints p50/p95/max of time to first token and of completion, errors, and the overhead over the fake
-model's own time (completion minus tokens x delay).
+model's own time (completion minus tokens x delay). Per burst it also prints the CPU seconds each program
+used (api, worker, redis, fake model, load generator: all share the 2 cores), the upstream requests the
+fake model received, and a reference-loop time that shows how fast the (shared, drifting) machine was.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -216,6 +219,71 @@ def breakdown(lines: list[str]) -> None:
         print(f"  streams per API worker: {sorted(streams_per_worker.values(), reverse=True)}")
 
 
+ROLES = (
+    ("api", "gunicorn"),
+    ("worker", "-m worker run"),
+    ("redis", "redis-server"),
+    ("fake model", "tests.fakes.openai_server"),
+)
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by the stack's programs, the fake model and this load generator."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {role: 0.0 for role, _ in ROLES}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        for role, marker in ROLES:
+            if marker in cmdline:
+                totals[role] += (int(fields[11]) + int(fields[12])) / tick
+                break
+    usage = os.times()
+    totals["load generator"] = usage.user + usage.system
+    return totals
+
+
+def print_cpu(before: dict[str, float], after: dict[str, float], wall_s: float) -> None:
+    """CPU seconds per program over one burst (2 cores give 2 s per second of wall time)."""
+    parts = ", ".join(f"{role} {after[role] - before.get(role, 0.0):.2f}" for role in after)
+    print(f"  cpu s over {wall_s:.2f} s: {parts}")
+
+
+def reference_loop_ms() -> float:
+    """Fastest of five runs of a fixed pure-Python loop (about 4 ms on an idle core of this machine).
+
+    A shared VM's speed drifts by tens of percent within a day; this number, taken just before each
+    burst, tells a slow round from a slow machine.
+    """
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        total = 0
+        for i in range(100_000):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - began)
+    return best * 1000
+
+
+def upstream_calls(requests: list[dict[str, object]]) -> None:
+    """How many embeddings requests (and questions in them) and chat completions the fake model got."""
+    embeddings = [r for r in requests if r.get("path") == "/v1/embeddings"]
+    inputs = 0
+    for request in embeddings:
+        body = request.get("body")
+        texts = body.get("input") if isinstance(body, dict) else None
+        inputs += len(texts) if isinstance(texts, list) else 1
+    chats = sum(1 for r in requests if r.get("path") == "/v1/chat/completions")
+    print(f"  upstream: {len(embeddings)} embeddings requests for {inputs} questions, {chats} chat completions")
+
+
 def ingest(stack: Stack) -> None:
     """Ingest the corpus through the API and wait for the job to succeed."""
     documents = [
@@ -264,6 +332,7 @@ def main() -> None:
     model_s = args.tokens * args.token_delay_ms / 1000
 
     port = free_port()
+    fake_url = f"http://127.0.0.1:{port}"
     fake = spawn(port, "--tokens", str(args.tokens), "--token-delay-ms", str(args.token_delay_ms), quiet=True)
     stack = Stack(
         env={
@@ -276,10 +345,10 @@ def main() -> None:
         }
     )
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200, timeout=20)
+        wait_for(lambda: httpx.get(f"{fake_url}/v1/models", timeout=1).status_code == 200, timeout=20)
         # A reply of exactly `--tokens` words, so the fake streams that many tokens.
         reply = " ".join(["According to the book [1]"] + [f"word{i}" for i in range(args.tokens - 5)])
-        httpx.post(f"http://127.0.0.1:{port}/_control", json={"reply": reply}, timeout=5).raise_for_status()
+        httpx.post(f"{fake_url}/_control", json={"reply": reply}, timeout=5).raise_for_status()
         stack.start(timeout=120)
         stack.wait_worker(timeout=60)
         ingest(stack)
@@ -290,9 +359,14 @@ def main() -> None:
         for level in args.clients:
             for round_no in range(args.rounds):
                 marks = len(stack.stdout_lines), len(stack.stderr_lines)
+                httpx.post(f"{fake_url}/_control", json={"clear_requests": True}, timeout=5).raise_for_status()
+                print(f"  reference loop: {reference_loop_ms():.1f} ms (machine speed; lower is faster)")
+                cpu_before, began = cpu_by_role(), time.perf_counter()
                 results = asyncio.run(run_level(stack.base_url, level, lean=args.client == "raw"))
+                print_cpu(cpu_before, cpu_by_role(), time.perf_counter() - began)
                 report(f"{level} concurrent, round {round_no + 1}", results, model_s)
                 breakdown(stack.stdout_lines[marks[0] :] + stack.stderr_lines[marks[1] :])
+                upstream_calls(httpx.get(f"{fake_url}/_requests", timeout=10).json()["requests"])
     finally:
         stack.cleanup()
         fake.terminate()
