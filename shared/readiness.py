@@ -140,13 +140,11 @@ async def _timed(name: str, check: Check, services: Services) -> tuple[str, dict
 
 def _failure(upstream: Upstream | None, exc: Exception, services: Services) -> dict[str, Any]:
     """A failed probe: credentials named by variable, otherwise the error's type and safe detail."""
-    if upstream is not None:
-        kind = classify_error(upstream, exc)
-        if kind is ErrorKind.CREDENTIALS:
-            services.resilience.mark_misconfigured(upstream)
-            return misconfigured_result(upstream)
-        if upstream in services.resilience.misconfigured:
-            return misconfigured_result(upstream)
+    # What this probe saw wins over an earlier rejection remembered by this process: after a key was
+    # rejected and then fixed, a later outage must read as an outage, not as the old misconfiguration.
+    if upstream is not None and classify_error(upstream, exc) is ErrorKind.CREDENTIALS:
+        services.resilience.mark_misconfigured(upstream)
+        return misconfigured_result(upstream)
     detail = getattr(exc, "detail", None) or type(exc).__name__
     return {"status": "down", "error": "unreachable", "detail": str(detail)[:200]}
 

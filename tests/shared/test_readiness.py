@@ -129,3 +129,30 @@ def test_http_ready_503_only_when_unavailable(redis_url: str, tmp_path: Path) ->
         assert response.status_code == 503
         assert response.json()["status"] == "unavailable"
         assert PASSWORD not in response.text
+
+
+async def test_an_outage_after_a_fixed_key_reads_as_an_outage(redis_url: str, tmp_path: Path, fake_openai: Any) -> None:
+    """A 401 makes the llm check `misconfigured`; once the key is accepted again, a later 500 is an outage
+    (`unreachable`), not the rejection this process remembers."""
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        redis_url=redis_url,
+        openai_api_key="sk-test-readiness-key",
+        openai_base_url=fake_openai.url,
+    )
+    await asyncio.to_thread(upgrade, settings)
+    built = await build_services(settings, role="api")
+    try:
+        fake_openai.configure(fault="401")
+        rejected = (await ReadinessProbe(ttl_s=0).run(built))["checks"]["llm"]
+        assert rejected["error"] == "misconfigured"
+        assert rejected["variable"] == "OPENAI_API_KEY"
+        fake_openai.configure(fault="500")
+        outage = (await ReadinessProbe(ttl_s=0).run(built))["checks"]["llm"]
+        assert outage["status"] == "down"
+        assert outage["error"] == "unreachable"
+        assert "variable" not in outage
+    finally:
+        fake_openai.reset()
+        await built.aclose()
