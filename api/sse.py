@@ -1,8 +1,9 @@
 """Server-Sent Events plumbing: event formatting, `: ping` heartbeats, and disconnect-aware responses.
 
-`EventStreamResponse` always listens for the client's disconnect (whatever ASGI spec version the server
-speaks) and cancels the body as soon as it arrives, even while the body is waiting for an upstream
-token; cancelling runs the body's `finally` blocks, which close the upstream request.
+`EventStreamResponse` sends `: ping` comments while the body is idle, always listens for the client's
+disconnect (whatever ASGI spec version the server speaks) and cancels the body as soon as it arrives,
+even while the body is waiting for an upstream token; cancelling runs the body's `finally` blocks, which
+close the upstream request.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["SSE_HEADERS", "EventStreamResponse", "format_event", "format_text_event", "with_heartbeat"]
+__all__ = ["SSE_HEADERS", "EventStreamResponse", "format_event", "format_text_event"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 PING = ": ping\n\n"
+PING_BYTES = PING.encode()
 
 
 #: `json.dumps(..., ensure_ascii=False)` builds a new encoder per call; this one is built once.
@@ -37,79 +39,28 @@ def format_text_event(event: str, text: str) -> str:
     return f'event: {event}\ndata: {{"text": {_encode(text)}}}\n\n'
 
 
-class _Failure:
-    """An exception raised by the frames, carried through the queue to the consumer."""
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-async def with_heartbeat(frames: AsyncIterator[str], *, interval_s: float) -> AsyncIterator[str]:
-    """Pass `frames` through, adding a `: ping` comment whenever none came for `interval_s`.
-
-    One producer task reads `frames` into a small queue for the whole stream, so a ping never cancels a
-    pending upstream read and no task is created per frame; one timer per stream (re-armed from the time
-    of the last frame, not per frame) queues the ping. Closing this iterator cancels the producer, which
-    closes `frames` (and, through it, the upstream request).
-    """
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
-    loop = asyncio.get_running_loop()
-    last = loop.time()  # when the consumer last took something from the queue
-    timer: asyncio.TimerHandle | None = None
-
-    async def pump() -> None:
-        try:
-            async for frame in frames:
-                await queue.put(frame)
-        except Exception as exc:
-            await queue.put(_Failure(exc))
-            return
-        await queue.put(_END)
-
-    def ping_if_idle() -> None:
-        nonlocal timer
-        now = loop.time()
-        due = last + interval_s
-        if now >= due:
-            if queue.empty():  # the consumer is waiting: nothing went out for interval_s
-                queue.put_nowait(PING)
-            due = now + interval_s
-        timer = loop.call_at(due, ping_if_idle)
-
-    producer = asyncio.ensure_future(pump())
-    timer = loop.call_at(last + interval_s, ping_if_idle)
-    try:
-        while True:
-            item = await queue.get()
-            last = loop.time()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            assert isinstance(item, str)
-            yield item
-    finally:
-        timer.cancel()
-        if not producer.done():
-            producer.cancel()
-        with contextlib.suppress(BaseException):
-            await producer
-        aclose = getattr(frames, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(RuntimeError):
-                await aclose()
-
-
 class EventStreamResponse(StreamingResponse):
-    """`text/event-stream` with the no-buffering headers; the body is cancelled on client disconnect."""
+    """`text/event-stream` with the no-buffering headers, `: ping` comments while idle, and the body
+    cancelled on client disconnect.
+
+    The frames are sent by the task that iterates them, so a frame costs no queue hop or task switch.
+    When nothing went out for `ping_interval_s`, a timer (one per stream, re-armed from the time of the
+    last frame) starts a short task that sends one `: ping`; a lock keeps it and the frames from
+    interleaving, and a ping never interrupts a pending upstream read.
+    """
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[str], headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[str],
+        *,
+        ping_interval_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(content, headers={**SSE_HEADERS, **(headers or {})}, media_type=self.media_type)
+        self.frames = content
+        self.ping_interval_s = ping_interval_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = asyncio.ensure_future(self._send_body(send))
@@ -133,3 +84,46 @@ class EventStreamResponse(StreamingResponse):
             if aclose is not None:
                 with contextlib.suppress(BaseException):
                     await aclose()
+
+    async def stream_response(self, send: Send) -> None:
+        """Send the head, every frame as it comes (pings in the gaps), then the end of the body."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        interval = self.ping_interval_s
+        loop = asyncio.get_running_loop()
+        lock = asyncio.Lock()
+        last = loop.time()  # when a frame or ping last went out
+        timer: asyncio.TimerHandle | None = None
+        pinger: asyncio.Future[None] | None = None
+
+        async def ping() -> None:
+            nonlocal last
+            async with lock:
+                await send({"type": "http.response.body", "body": PING_BYTES, "more_body": True})
+                last = loop.time()
+
+        def ping_if_idle() -> None:
+            nonlocal timer, pinger
+            assert interval is not None
+            now = loop.time()
+            due = last + interval
+            if now >= due:
+                if not lock.locked() and (pinger is None or pinger.done()):
+                    pinger = asyncio.ensure_future(ping())
+                due = now + interval
+            timer = loop.call_at(due, ping_if_idle)
+
+        if interval:
+            timer = loop.call_at(last + interval, ping_if_idle)
+        try:
+            async for frame in self.frames:
+                async with lock:
+                    await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+                last = loop.time()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if pinger is not None and not pinger.done():
+                pinger.cancel()
+                with contextlib.suppress(BaseException):
+                    await pinger
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

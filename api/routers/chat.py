@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
-from api.sse import EventStreamResponse, format_event, format_text_event, with_heartbeat
+from api.sse import EventStreamResponse, format_event, format_text_event
 from shared.answering import generate, stream_answer
 from shared.chat import Turn, ensure_session, finish_turn, open_turn, plan_turn
 from shared.clients import Services
@@ -87,10 +87,9 @@ async def chat_stream(body: ChatRequest, services: ServicesDep, user: OptionalUs
     turn = await open_turn(
         services=services, user=user, query=body.query, selected_text=body.selection, session_id=body.session_id
     )
-    frames = with_heartbeat(
-        chat_events(services=services, turn=turn), interval_s=services.settings.chat_stream_ping_interval_s
+    return EventStreamResponse(
+        chat_events(services=services, turn=turn), ping_interval_s=services.settings.chat_stream_ping_interval_s
     )
-    return EventStreamResponse(frames)
 
 
 async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:

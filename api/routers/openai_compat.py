@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
-from api.sse import EventStreamResponse, format_event, with_heartbeat
+from api.sse import EventStreamResponse, format_event
 from shared.answering import AnswerPlan, generate, stream_answer
 from shared.chat import Turn, open_turn, plan_turn
 from shared.clients import Services
@@ -92,11 +92,10 @@ async def chat_completions(
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
-        frames = with_heartbeat(
+        return EventStreamResponse(
             _stream(services=services, turn=turn, completion_id=completion_id, created=created),
-            interval_s=services.settings.chat_stream_ping_interval_s,
+            ping_interval_s=services.settings.chat_stream_ping_interval_s,
         )
-        return EventStreamResponse(frames)
     plan = await generate(services=services, plan=await plan_turn(services=services, turn=turn))
     text = plan.text or ""
     return JSONResponse(
