@@ -3,7 +3,8 @@
 It is a real HTTP server on loopback, so the real `openai` SDK talks to it. Switches (set through
 `FakeOpenAI.configure(...)` in-process, or `POST /_control` from another process) inject faults:
 `fault` = "500" | "429" | "401" | "stall" | "drop" for `fault_seconds` (or until cleared), `latency_ms`
-per request, `token_delay_ms` between streamed tokens, `reply` (the text the model answers).
+per request, `token_delay_ms` between streamed tokens (on a fixed schedule: token i is due i x delay after
+the stream opened, so a busy test machine does not slow the "model" down), `reply` (the text the model answers).
 Every request is recorded (`requests`), with the prompts it carried; streams that the client abandoned
 are counted in `cancelled_streams`.
 
@@ -188,9 +189,14 @@ def build_app(state: FakeState) -> Starlette:
             try:
                 first = {"role": "assistant", "content": ""}
                 yield _chunk(model, created, first, None)
+                # Token i is due `i x token_delay_ms` after the stream opened, whatever this process's own
+                # lag: a real model's pace does not slow down when the machine running the tests is busy.
+                loop = asyncio.get_running_loop()
+                due = loop.time()
                 for piece in _tokens(text, state.tokens):
                     if state.token_delay_ms:
-                        await asyncio.sleep(state.token_delay_ms / 1000)
+                        due += state.token_delay_ms / 1000
+                        await asyncio.sleep(max(0.0, due - loop.time()))
                     if state.active_fault() == "stall":
                         await asyncio.sleep(3600)
                     yield _chunk(model, created, {"content": piece}, None)
