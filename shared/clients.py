@@ -54,6 +54,13 @@ async def create_redis(settings: Settings) -> ArqRedis:
     return await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
 
 
+#: How long an idle connection to OpenAI stays open for the next request. httpx's default (5 s) would
+#: make every question after a short lull pay a new TCP + TLS handshake (1-2 round trips and ~1 ms of
+#: CPU each, for the query embedding and again for the stream); a connection the server has closed
+#: meanwhile is noticed before reuse, and a rare race is retried like any dropped connection.
+OPENAI_KEEPALIVE_S = 60.0
+
+
 def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
     """The shared OpenAI client, or None in offline mode. Retries are ours (`shared.resilience`)."""
     if settings.openai_api_key is None:
@@ -66,7 +73,9 @@ def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
         max_retries=0,
         http_client=httpx2.AsyncClient(
             timeout=timeout,
-            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx2.Limits(
+                max_connections=200, max_keepalive_connections=50, keepalive_expiry=OPENAI_KEEPALIVE_S
+            ),
         ),
     )
 

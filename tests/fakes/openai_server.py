@@ -284,6 +284,10 @@ def _apply(state: FakeState, options: dict[str, Any]) -> None:
             state.requests.clear()
 
 
+#: Idle keep-alive the fake grants, like a real API's front end (uvicorn's own default is 5 s).
+SERVER_KEEPALIVE_S = 75
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
@@ -310,7 +314,12 @@ class FakeOpenAI:
         self.state = FakeState()
         self.port = port or free_port()
         config = uvicorn.Config(
-            build_app(self.state), host="127.0.0.1", port=self.port, log_level="critical", lifespan="off"
+            build_app(self.state),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="critical",
+            lifespan="off",
+            timeout_keep_alive=SERVER_KEEPALIVE_S,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="fake-openai", daemon=True)
@@ -363,7 +372,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=None)
     args = parser.parse_args()
     state = FakeState(latency_ms=args.latency_ms, token_delay_ms=args.token_delay_ms, tokens=args.tokens)
-    uvicorn.run(build_app(state), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+    uvicorn.run(
+        build_app(state),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=SERVER_KEEPALIVE_S,
+    )
 
 
 if __name__ == "__main__":
