@@ -13,7 +13,7 @@ from fastapi import Request, Response
 
 from shared import ratelimit
 from shared.auth import sign_cookie_value, unsign_cookie_value
-from shared.auth_limits import Rate, SignInLimiter
+from shared.auth_limits import AttemptLimiter, Rate, sign_in_limiter, sign_up_limiter
 from shared.cache import SessionCache
 from shared.clients import Services
 from shared.config import Settings, generate_dev_secret
@@ -72,7 +72,8 @@ class AuthRuntime:
     services: Services
     cookies: CookiePolicy
     cache: SessionCache
-    limiter: SignInLimiter
+    limiter: AttemptLimiter
+    sign_up_limiter: AttemptLimiter
 
 
 async def auth_runtime(request: Request) -> AuthRuntime:
@@ -88,7 +89,8 @@ async def auth_runtime(request: Request) -> AuthRuntime:
             services=services,
             cookies=CookiePolicy(secret=secret or generate_dev_secret(), secure=settings.is_production),
             cache=SessionCache(services.redis),
-            limiter=SignInLimiter(services.redis, Rate.parse(settings.rate_limit_sign_in)),
+            limiter=sign_in_limiter(services.redis, Rate.parse(settings.rate_limit_sign_in)),
+            sign_up_limiter=sign_up_limiter(services.redis, Rate.parse(settings.rate_limit_sign_up)),
         )
         state.auth_runtime = runtime
     return runtime

@@ -53,8 +53,8 @@ _ERROR_TEXT = {
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 #: Errors API.md names for operations whose code cannot be read off their dependencies.
 _CONTRACT_ERRORS: dict[tuple[str, str], set[int]] = {
-    ("/api/auth/sign-up", "post"): {409},
-    ("/api/auth/sign-up/email", "post"): {409},
+    ("/api/auth/sign-up", "post"): {409, 429},
+    ("/api/auth/sign-up/email", "post"): {409, 429},
     ("/api/auth/sign-in/email", "post"): {401, 429},
     ("/api/chat/sessions/{session_id}/export", "get"): {400},
 }

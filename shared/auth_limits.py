@@ -1,9 +1,11 @@
-"""Sign-in brute-force limiter: fixed-window counters per client IP and per email, in Redis.
+"""Account-action limiters: fixed-window counters per client IP (and per email), in Redis.
 
-Redis makes the count shared by every Gunicorn worker. Deliberately tiny and separate from the general
-per-user rate limiting of the chat endpoints. Emails are hashed in the key (no addresses in Redis).
-When Redis is unreachable the limiter lets the attempt through (and logs), since signing in matters
-more than the limit; scrypt still bounds the attempt rate per core.
+Sign-in is limited per IP and per email (brute force); sign-up per IP (each attempt costs one scrypt, so
+unlimited sign-ups would let one client keep the CPUs busy, and fill the users table). Redis makes the
+counts shared by every Gunicorn worker. Deliberately tiny and separate from the general per-user rate
+limiting of the chat endpoints. Emails are hashed in the key (no addresses in Redis). When Redis is
+unreachable the limiter lets the attempt through (and logs), since signing in matters more than the
+limit; scrypt still bounds the attempt rate per core.
 """
 
 from __future__ import annotations
@@ -37,18 +39,22 @@ class Rate:
         return cls(count=int(count.strip()), period_s=_PERIODS[period.strip()])
 
 
-class SignInLimiter:
-    """Counts sign-in attempts per IP and per email; raises RateLimited (429 + Retry-After) past the rate."""
+class AttemptLimiter:
+    """Counts attempts at one `action` per IP (and per email when given); raises RateLimited (429 +
+    Retry-After) past the rate. `message` is what the client reads."""
 
-    def __init__(self, redis: Redis, rate: Rate, *, prefix: str = f"{RATE_LIMIT_PREFIX}:sign-in") -> None:
+    def __init__(self, redis: Redis, rate: Rate, *, action: str, message: str) -> None:
         self.redis = redis
         self.rate = rate
-        self.prefix = prefix
+        self.action = action
+        self.message = message
+        self.prefix = f"{RATE_LIMIT_PREFIX}:{action}"
 
-    async def hit(self, *, ip: str, email: str) -> None:
+    async def hit(self, *, ip: str, email: str | None = None) -> None:
         """Count one attempt; raise RateLimited when the IP or the email is over the limit."""
-        email_key = hashlib.sha256(email.encode("utf-8")).hexdigest()[:32]
-        keys = (f"{self.prefix}:ip:{ip}", f"{self.prefix}:email:{email_key}")
+        keys = [f"{self.prefix}:ip:{ip}"]
+        if email is not None:
+            keys.append(f"{self.prefix}:email:{hashlib.sha256(email.encode('utf-8')).hexdigest()[:32]}")
         try:
             # The window starts at a key's first attempt: SET NX EX creates it with its expiry, INCR keeps it.
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -58,15 +64,24 @@ class SignInLimiter:
                     pipe.ttl(key)
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("auth.rate_limit_unavailable", error=type(exc).__name__)
+            log.warning("auth.rate_limit_unavailable", action=self.action, error=type(exc).__name__)
             return
         counts, ttls = [int(c) for c in results[1::3]], [int(t) for t in results[2::3]]
         over = [i for i, count in enumerate(counts) if count > self.rate.count]
         if over:
-            log.info("auth.sign_in_rate_limited", by="ip" if 0 in over else "email")
-            retry_after = max(max(ttls[i] for i in over), 1)
-            raise RateLimited(
-                "Too many sign-in attempts. Please wait a minute and try again.",
-                retry_after=retry_after,
-                code="TOO_MANY_REQUESTS",
-            )
+            log.info("auth.rate_limited", action=self.action, by="ip" if 0 in over else "email")
+            raise RateLimited(self.message, retry_after=max(max(ttls[i] for i in over), 1), code="TOO_MANY_REQUESTS")
+
+
+def sign_in_limiter(redis: Redis, rate: Rate) -> AttemptLimiter:
+    """Sign-in attempts, per IP and per email."""
+    return AttemptLimiter(
+        redis, rate, action="sign-in", message="Too many sign-in attempts. Please wait a minute and try again."
+    )
+
+
+def sign_up_limiter(redis: Redis, rate: Rate) -> AttemptLimiter:
+    """Sign-up attempts, per IP."""
+    return AttemptLimiter(
+        redis, rate, action="sign-up", message="Too many sign-up attempts from your network. Please try again later."
+    )

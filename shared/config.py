@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     rate_limit_chat: str = Field("20/minute", validation_alias=_alias("RATE_LIMIT_CHAT"))
     # Sign-in attempts per client IP and per email (brute-force guard, shared by all workers via Redis).
     rate_limit_sign_in: str = Field("10/minute", validation_alias=_alias("RATE_LIMIT_SIGN_IN"))
+    # Sign-ups per client IP (each costs one scrypt; generous enough for a classroom behind one NAT).
+    rate_limit_sign_up: str = Field("30/hour", validation_alias=_alias("RATE_LIMIT_SIGN_UP"))
 
     # Chat (retrieval thresholds are calibrated in docs/notes/chat.md)
     retrieval_top_k: int = Field(5, ge=1, le=20, validation_alias=_alias("RETRIEVAL_TOP_K"))
@@ -185,7 +187,7 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://host:port/db, rediss://... or unix:///path/to/socket")
         return str(value)
 
-    @field_validator("rate_limit_chat", "rate_limit_sign_in")
+    @field_validator("rate_limit_chat", "rate_limit_sign_in", "rate_limit_sign_up")
     @classmethod
     def _check_rate(cls, value: str) -> str:
         count, _, period = value.partition("/")

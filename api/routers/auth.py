@@ -128,6 +128,7 @@ async def _open_session(
 
 
 async def _sign_up(body: SignUpBody, request: Request, response: Response, runtime: AuthRuntime) -> dict[str, Any]:
+    await runtime.sign_up_limiter.hit(ip=client_ip(request, runtime.settings))  # before the scrypt it costs
     password_hash = await hash_password_async(body.password)
     services = runtime.services
 

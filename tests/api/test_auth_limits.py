@@ -79,6 +79,39 @@ async def test_sign_in_limited_per_email(limited: Any) -> None:
     assert "retry-after" in r.headers
 
 
+async def test_sign_up_limited_per_ip_before_any_work() -> None:
+    """The 3rd sign-up in the window from one IP is 429 with Retry-After (and creates no account); the
+    attempts of another IP are counted apart; the limit is documented in the OpenAPI document."""
+    settings = auth_settings("sqlite", None, rate_limit_sign_up="2/hour", trusted_proxy_hops=1)
+    net = _net()
+    async with running_app(settings) as (app, client):
+        emails = [f"signup-{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(3)]
+        statuses = []
+        for email in emails:
+            r = await client.post(
+                "/api/auth/sign-up",
+                json={"email": email, "name": "S", "password": PASSWORD},
+                headers=_from(f"{net}.5"),
+            )
+            statuses.append(r.status_code)
+        assert statuses == [200, 200, 429]
+        assert r.json()["code"] == "TOO_MANY_REQUESTS"
+        assert "sign-up" in r.json()["detail"]
+        assert 3000 <= int(r.headers["retry-after"]) <= 3600
+        refused = await client.post(
+            "/api/auth/sign-in/email", json={"email": emails[2], "password": PASSWORD}, headers=_from(f"{net}.6")
+        )
+        assert refused.status_code == 401  # the refused sign-up created nothing
+        other = await client.post(
+            "/api/auth/sign-up/email",
+            json={"email": f"other-{uuid.uuid4().hex[:6]}@example.com", "name": "O", "password": PASSWORD},
+            headers=_from(f"{net}.7"),
+        )
+        assert other.status_code == 200
+        documented = app.openapi()["paths"]["/api/auth/sign-up"]["post"]["responses"]
+        assert "429" in documented
+
+
 async def test_tokens_never_in_logs(capfd: pytest.CaptureFixture[str]) -> None:
     """Sign-up, sign-in, Bearer and cookie use, bad tokens and sign-out log no token value (DEBUG level)."""
     settings = auth_settings("sqlite", None, log_level="DEBUG", log_format="json")

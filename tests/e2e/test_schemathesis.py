@@ -39,6 +39,7 @@ def stack(fake_openai: FakeOpenAI) -> Iterator[Stack]:
         "OPENAI_BASE_URL": fake_openai.url,
         "ADMIN_API_KEY": ADMIN_KEY,
         "RATE_LIMIT_CHAT": "100000/minute",
+        "RATE_LIMIT_SIGN_UP": "100000/hour",
     }
     with Stack(env=env) as running:
         yield running
