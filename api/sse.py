@@ -98,7 +98,10 @@ class EventStreamResponse(StreamingResponse):
         async def ping() -> None:
             nonlocal last
             async with lock:
-                await send({"type": "http.response.body", "body": PING_BYTES, "more_body": True})
+                # A failed ping (the client left) is not this task's to report: the next frame's send, or
+                # the disconnect watcher, ends the stream.
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": PING_BYTES, "more_body": True})
                 last = loop.time()
 
         def ping_if_idle() -> None:

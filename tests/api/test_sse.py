@@ -131,3 +131,27 @@ async def test_a_slow_client_never_gets_a_ping_inside_a_frame() -> None:
     assert [b for b in sent if b and b != PING.encode()] == [
         format_event("delta", {"text": str(i)}).encode() for i in range(5)
     ]
+
+
+async def test_a_failing_ping_is_not_left_unreported(caplog: pytest.LogCaptureFixture) -> None:
+    """A ping whose send fails (the client left) neither crashes the stream's task nor leaves a 'Task
+    exception was never retrieved' behind; the frames' own failure is what surfaces."""
+    calls = 0
+
+    async def failing_send(message: dict[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if message.get("body") == PING.encode():
+            raise OSError("client went away")
+
+    async def slow() -> AsyncIterator[str]:
+        await asyncio.sleep(0.25)
+        yield format_event("meta", {})
+
+    await EventStreamResponse(slow(), ping_interval_s=0.05)(SCOPE, never_disconnects(), failing_send)
+    import gc
+
+    gc.collect()
+    await asyncio.sleep(0)
+    assert calls >= 3
+    assert "never retrieved" not in caplog.text
