@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -149,8 +150,6 @@ async def test_a_failing_ping_is_not_left_unreported(caplog: pytest.LogCaptureFi
         yield format_event("meta", {})
 
     await EventStreamResponse(slow(), ping_interval_s=0.05)(SCOPE, never_disconnects(), failing_send)
-    import gc
-
     gc.collect()
     await asyncio.sleep(0)
     assert calls >= 3
