@@ -6,6 +6,7 @@ all through `build_services(settings, role=...)`, so each client is built one wa
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings, redact_url
-from shared.constants import QUEUE_NAME
+from shared.constants import QUEUE_NAME, ROLE_API
 from shared.db.engine import SessionFactory, create_engine, create_session_factory
 from shared.logging import get_logger
 from shared.resilience import Resilience
@@ -139,6 +140,22 @@ class Services:
                 log.warning("services.close_failed", error=type(exc).__name__)
 
 
+async def open_redis_connections(redis: ArqRedis, count: int) -> None:
+    """Open `count` pooled connections now, so a first burst of readers does not open them one by one
+    in the middle of its requests (each embedded-store query waits for its reply on a connection of its
+    own). If Redis is not reachable yet, the pool opens them on demand as before."""
+    pool = redis.connection_pool
+    results = await asyncio.gather(*(pool.get_connection() for _ in range(count)), return_exceptions=True)
+    failed = 0
+    for result in results:
+        if isinstance(result, BaseException):
+            failed += 1
+        else:
+            await pool.release(result)
+    if failed:
+        log.warning("redis.connections_not_opened", failed=failed, of=count)
+
+
 async def build_services(settings: Settings, *, role: str, resilience: Resilience | None = None) -> Services:
     """Build the process's clients. Nothing connects eagerly except the Redis pool."""
     engine = create_engine(settings)
@@ -159,6 +176,10 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         settings, role=role, redis=services.redis, resilience=services.resilience
     )
     services.embedder = create_embedder(settings, services.openai, services.resilience)
+    if role == ROLE_API and settings.embedded_qdrant:
+        from shared.retrieval import EMBEDDED_STORE_CONCURRENCY
+
+        await open_redis_connections(services.redis, EMBEDDED_STORE_CONCURRENCY)
     from shared.circuit_state import start_process_observers
 
     services.extras["observers"] = start_process_observers(services)
