@@ -72,7 +72,7 @@ class AuthRuntime:
     services: Services
     cookies: CookiePolicy
     cache: SessionCache
-    limiter: AttemptLimiter
+    sign_in_limiter: AttemptLimiter
     sign_up_limiter: AttemptLimiter
 
 
@@ -89,7 +89,7 @@ async def auth_runtime(request: Request) -> AuthRuntime:
             services=services,
             cookies=CookiePolicy(secret=secret or generate_dev_secret(), secure=settings.is_production),
             cache=SessionCache(services.redis),
-            limiter=sign_in_limiter(services.redis, Rate.parse(settings.rate_limit_sign_in)),
+            sign_in_limiter=sign_in_limiter(services.redis, Rate.parse(settings.rate_limit_sign_in)),
             sign_up_limiter=sign_up_limiter(services.redis, Rate.parse(settings.rate_limit_sign_up)),
         )
         state.auth_runtime = runtime

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.config import Settings, redact_url
-from shared.constants import QUEUE_NAME, ROLE_API
+from shared.constants import EMBEDDED_STORE_CONCURRENCY, QUEUE_NAME, ROLE_API
 from shared.db.engine import SessionFactory, create_engine, create_session_factory
 from shared.logging import get_logger
 from shared.resilience import Resilience
@@ -177,8 +177,6 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
     )
     services.embedder = create_embedder(settings, services.openai, services.resilience)
     if role == ROLE_API and settings.embedded_qdrant:
-        from shared.retrieval import EMBEDDED_STORE_CONCURRENCY
-
         await open_redis_connections(services.redis, EMBEDDED_STORE_CONCURRENCY)
     from shared.circuit_state import start_process_observers
 

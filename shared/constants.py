@@ -27,3 +27,10 @@ SPARSE_VECTOR: Final = "bm25"
 # Roles a process can report
 ROLE_API: Final = "api"
 ROLE_WORKER: Final = "worker"
+
+#: Embedded-mode vector-store queries in flight per API process (the store gate in shared.retrieval;
+#: an API process also opens this many Redis connections at start, one per waiting query). The worker's
+#: local Qdrant answers what is queued in batches of up to 32 at ~0.5 ms a query; a cap still keeps a
+#: flood of readers queueing in the API rather than timing out RPCs and opening the `qdrant` breaker on
+#: our own backlog (at 8, the cap itself was the queue at 50 readers).
+EMBEDDED_STORE_CONCURRENCY: Final = 32

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from shared.clients import Services
+from shared.constants import EMBEDDED_STORE_CONCURRENCY
 from shared.errors import UpstreamUnavailable
 from shared.logging import get_logger
 from shared.resilience import Upstream
@@ -38,11 +39,8 @@ SELECTED_QUERY_CHARS = 1500
 EMBED_QUERY_TIMEOUT_S = 5.0
 #: Candidates fetched for the relevance gate, as a multiple of the passages finally used.
 CANDIDATE_FACTOR = 2
-#: Vector-store queries in flight per process. The embedded store (the worker's local Qdrant) answers
-#: what is queued in batches of up to 32 at ~0.5 ms a query; a cap still keeps a flood of readers
-#: queueing here rather than timing out RPCs and opening the `qdrant` breaker on our own backlog (at 8,
-#: the cap itself was the queue at 50 readers). A server takes many more.
-EMBEDDED_STORE_CONCURRENCY = 32
+#: Vector-store queries in flight per process: `EMBEDDED_STORE_CONCURRENCY` (shared.constants) for the
+#: embedded store; a server takes many more.
 SERVER_STORE_CONCURRENCY = 64
 _GATE = "retrieval.store_gate"
 

@@ -173,7 +173,7 @@ async def sign_in_email(
 ) -> dict[str, Any]:
     """Sign in with email and password; unknown email and wrong password look the same (401)."""
     email = normalise_email(body.email)
-    await runtime.limiter.hit(ip=client_ip(request, runtime.settings), email=email)
+    await runtime.sign_in_limiter.hit(ip=client_ip(request, runtime.settings), email=email)
     services = runtime.services
 
     async def lookup() -> tuple[Any, Any]:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from shared.clients import Services, build_services, create_openai_client
 from shared.config import Settings
-from shared.constants import ROLE_API, ROLE_WORKER
-from shared.retrieval import EMBEDDED_STORE_CONCURRENCY
+from shared.constants import EMBEDDED_STORE_CONCURRENCY, ROLE_API, ROLE_WORKER
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.tcp_proxy import TcpProxy
 
