@@ -166,6 +166,7 @@ def report(label: str, results: list[Result], model_s: float) -> dict[str, float
             overhead_p50_ms=(statistics.median(total) - model_s) * 1000,
             overhead_p95_ms=(_pct(total, 0.95) - model_s) * 1000,
             deltas_min=min(r.deltas for r in ok),
+            deltas_mean=statistics.fmean(r.deltas for r in ok),
         )
     print(f"\n== {label}: {len(results)} /api/chat/stream clients ==")
     for key, value in summary.items():

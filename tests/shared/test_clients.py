@@ -5,7 +5,10 @@ Redis)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from pathlib import Path
+from typing import Any
 
 from shared.clients import Services, build_services, create_openai_client
 from shared.config import Settings
@@ -33,6 +36,32 @@ async def test_a_connection_outlives_a_lull_of_a_few_seconds(fake_openai: FakeOp
     finally:
         await client.close()
         proxy.stop()
+
+
+async def test_closing_the_client_leaves_no_open_connection_behind(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """The aiohttp session under the SDK is closed with the client: no "Unclosed client session" or
+    "Unclosed connector" report when it is collected (a shutdown that leaked it would log both)."""
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, openai_api_key="sk-test-close", openai_base_url=fake_openai.url
+    )
+    client = create_openai_client(settings)
+    assert client is not None
+    await client.models.list()
+    await client.close()
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(str(context.get("message", ""))))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del client
+            gc.collect()
+        unclosed: list[Any] = [w for w in caught if "Unclosed" in str(w.message)]
+        assert unclosed == []
+        assert [m for m in reported if "Unclosed" in m] == []
+    finally:
+        loop.set_exception_handler(previous)
 
 
 async def test_an_api_process_opens_its_store_rpc_connections_at_start(redis_url: str, tmp_path: Path) -> None:
