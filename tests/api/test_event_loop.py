@@ -1,4 +1,4 @@
-"""The Gunicorn workers' event loop shares a burst of new connections between processes, refuses none and
+"""The Gunicorn workers' event loop (uvloop) shares a burst of new connections between processes, refuses none and
 still accepts every connection when it is the only worker (real sockets, forked processes)."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import time
 from collections import Counter
 
 import pytest
+import uvloop
 
-from api.event_loop import MAX_ACCEPT_DELAY_S, BalancedAcceptEventLoop
+from api.event_loop import MAX_ACCEPT_DELAY_S, BalancedAcceptEventLoop, new_event_loop
 
 
 class _Hold(asyncio.Protocol):
     """Answers the accepting process's pid, then keeps the connection open (like a stream in flight)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(f"{os.getpid()}\n".encode())
+        transport.write(f"{os.getpid()}\n".encode())  # type: ignore[attr-defined]  # uvloop's TCPTransport
 
 
 def _serve(listener: socket.socket) -> None:
@@ -100,3 +100,40 @@ def test_a_lone_busy_worker_accepts_everything(listener: socket.socket) -> None:
         _stop(processes)
     assert pids == Counter({str(processes[0].pid): 60})
     assert elapsed < 60 * MAX_ACCEPT_DELAY_S + 5  # bounded wait, generous for a loaded machine
+
+
+def test_a_closed_server_keeps_its_connections_and_accepts_no_more(listener: socket.socket) -> None:
+    """`close()` (uvicorn's first step of a graceful shutdown) stops accepting, and the streams already
+    open stay open for their handlers to finish."""
+    loop = new_event_loop()
+    assert isinstance(loop, uvloop.Loop)
+    port = listener.getsockname()[1]
+
+    async def scenario() -> tuple[str, bytes | None, bool]:
+        server = await loop.create_server(_Hold, sock=listener, backlog=2048)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        first = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
+        server.close()
+        await server.wait_closed()
+        try:  # the open connection is neither closed nor answered again
+            still_open = await asyncio.wait_for(reader.read(1), 0.3)
+        except TimeoutError:
+            still_open = None
+        writer.close()  # now this worker has nothing open: it would accept at once if it still listened
+        await asyncio.sleep(0.1)
+        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", port)  # the kernel's backlog
+        try:
+            await asyncio.wait_for(late_reader.readline(), 0.5)
+            late_answered = True
+        except TimeoutError:
+            late_answered = False
+        late_writer.close()
+        return first, still_open, late_answered
+
+    try:
+        first, still_open, late_answered = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert first == str(os.getpid())
+    assert still_open is None
+    assert late_answered is False
