@@ -79,9 +79,8 @@ def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
         max_retries=0,
         http_client=DefaultAioHttpClient(
             timeout=timeout,
-            limits=httpx2.Limits(
-                max_connections=200, max_keepalive_connections=50, keepalive_expiry=OPENAI_KEEPALIVE_S
-            ),
+            # The aiohttp transport reads two of these: the connection limit and the keep-alive time.
+            limits=httpx2.Limits(max_connections=200, keepalive_expiry=OPENAI_KEEPALIVE_S),
         ),
     )
 

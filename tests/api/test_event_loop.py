@@ -1,5 +1,6 @@
-"""The Gunicorn workers' event loop (uvloop) shares a burst of new connections between processes, refuses none and
-still accepts every connection when it is the only worker (real sockets, forked processes)."""
+"""The Gunicorn workers' event loop (uvloop) shares a burst of new connections between processes, refuses
+none, still accepts every connection when it is the only worker, and stops accepting when closed (real
+sockets, forked processes)."""
 
 from __future__ import annotations
 
