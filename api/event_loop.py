@@ -41,7 +41,7 @@ ACCEPT_DELAY_PER_CONNECTION_S = 0.0001
 #: The longest a busy worker waits before accepting a connection nobody else took.
 MAX_ACCEPT_DELAY_S = 0.002
 #: After an accept error (e.g. out of file descriptors) stop accepting this long, as asyncio does.
-_ACCEPT_PAUSE_ON_EXHAUSTION_S = 1.0
+_ACCEPT_PAUSE_AFTER_ERROR_S = 1.0
 _EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -158,7 +158,7 @@ class BalancedServer(asyncio.AbstractServer):
             level = log.warning if exc.errno in _EXHAUSTION_ERRNOS else log.error
             level("server.accept_paused", error=errno.errorcode.get(exc.errno or 0, type(exc).__name__))
             self._unwatch()
-            self._resume = self._loop.call_later(_ACCEPT_PAUSE_ON_EXHAUSTION_S, self._resume_accepting)
+            self._resume = self._loop.call_later(_ACCEPT_PAUSE_AFTER_ERROR_S, self._resume_accepting)
             return
         conn.setblocking(False)
         task = self._loop.create_task(self._connect(conn))

@@ -5,8 +5,10 @@ sockets, forked processes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import time
@@ -138,3 +140,49 @@ def test_a_closed_server_keeps_its_connections_and_accepts_no_more(listener: soc
     assert first == str(os.getpid())
     assert still_open is None
     assert late_answered is False
+
+
+def _serve_out_of_descriptors(listener: socket.socket, report: int, spare_fds: int) -> None:
+    """A worker allowed only `spare_fds` more descriptors: it runs out while connections wait."""
+    loop = BalancedAcceptEventLoop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(loop.create_server(_Hold, sock=listener, backlog=2048))
+    open_fds = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds + spare_fds, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    started = time.process_time()
+
+    def done() -> None:
+        os.write(report, f"{time.process_time() - started:.3f}\n".encode())
+        loop.stop()
+
+    loop.call_later(2.0, done)
+    loop.run_forever()
+
+
+def test_a_worker_out_of_descriptors_pauses_instead_of_spinning(listener: socket.socket) -> None:
+    """EMFILE on accept: the worker stops watching the socket for a while (as asyncio's server does)
+    rather than waking on it in a loop, and keeps the connections it has."""
+    read_end, write_end = os.pipe()
+    context = multiprocessing.get_context("fork")
+    process = context.Process(target=_serve_out_of_descriptors, args=(listener, write_end, 3), daemon=True)
+    process.start()
+    os.close(write_end)
+    time.sleep(0.5)
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(10)]
+    try:
+        for client in clients:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", listener.getsockname()[1]))
+        with os.fdopen(read_end) as report:
+            cpu_s = float(report.readline())
+        answered = 0
+        for client in clients:
+            client.settimeout(0.2)
+            with contextlib.suppress(OSError):
+                answered += bool(client.recv(64))
+    finally:
+        for client in clients:
+            client.close()
+        _stop([process])
+    assert 1 <= answered <= 3  # it accepted what its descriptors allowed
+    assert cpu_s < 0.5  # ~2 s of waiting connections did not keep it busy
