@@ -55,8 +55,8 @@ async def create_redis(settings: Settings) -> ArqRedis:
     return await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
 
 
-#: How long an idle connection to OpenAI stays open for the next request. httpx's default (5 s) would
-#: make every question after a short lull pay a new TCP + TLS handshake (1-2 round trips and ~1 ms of
+#: How long an idle connection to OpenAI stays open for the next request. The default of `httpx2.Limits`
+#: (5 s, which the aiohttp transport would use too) would make every question after a short lull pay a new TCP + TLS handshake (1-2 round trips and ~1 ms of
 #: CPU each, for the query embedding and again for the stream); a connection the server has closed
 #: meanwhile is noticed before reuse, and a rare race is retried like any dropped connection.
 OPENAI_KEEPALIVE_S = 60.0
