@@ -78,6 +78,8 @@ class QdrantVectorStore:
         self._sparse_index: SparseIndex | None = None
         # Local mode only, same switch: dense search by one float32 product (see `_dense_scan`).
         self._use_dense_scan = self._use_sparse_index
+        # Local mode only, same switch: payloads of the final hits read from the collection's rows.
+        self._use_payload_rows = self._use_sparse_index
 
     @property
     def mode(self) -> str:
@@ -466,12 +468,30 @@ class QdrantVectorStore:
         else:
             final = (dense_list or sparse_list)[: search.limit]
         if final and final[0].payload is None:
-            records = self._local.retrieve(
-                collection_name=self.collection, ids=[p.id for p in final], with_payload=True, with_vectors=False
-            )
-            payloads = {str(r.id): r.payload for r in records}
+            payloads = self._payloads([p.id for p in final])
             final = [p.model_copy(update={"payload": payloads.get(str(p.id))}) for p in final]
         return dense_scores, sparse_scores, final
+
+    def _payloads(self, ids: list[Any]) -> dict[str, Any]:
+        """The payloads of live points by id, copied. Local mode's `retrieve` deep-copies each payload
+        with `copy.deepcopy` (~40% of a hybrid query); payloads are JSON, so a plain JSON copy of the
+        collection's own rows gives the same values at a fraction of the cost."""
+        assert self._local is not None
+        if self._use_payload_rows:
+            try:
+                collection = self._local_collection()
+                rows, payloads, deleted = collection.ids, collection.payload, collection.deleted
+                found: dict[str, Any] = {}
+                for point in ids:
+                    row = rows.get(point)
+                    if row is not None and not deleted[row]:
+                        found[str(point)] = _json_copy(payloads[row])
+                return found
+            except (AttributeError, KeyError, TypeError, IndexError) as exc:  # pragma: no cover - internals
+                log.warning("vectorstore.payload_rows_disabled", error=f"{type(exc).__name__}: {exc}")
+                self._use_payload_rows = False
+        records = self._local.retrieve(collection_name=self.collection, ids=ids, with_payload=True, with_vectors=False)
+        return {str(r.id): r.payload for r in records}
 
     def _dense_candidates(self, search: _Search) -> list[Any]:
         """The dense list, ranked as local mode ranks it (cosine over every point)."""
@@ -564,6 +584,15 @@ class QdrantVectorStore:
 
 class _InternalsChanged(Exception):
     """Local mode's internals are not what the fast dense scan expects: let local mode answer."""
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists and scalars), without `copy.deepcopy`'s bookkeeping."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
 
 
 def _scores(points: Sequence[Any]) -> dict[str, float]:

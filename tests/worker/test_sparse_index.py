@@ -365,3 +365,25 @@ async def test_dense_scan_matches_local_mode(corpus: Corpus) -> None:
             compared += len(expected)
     assert compared > 1000
     assert store._use_dense_scan, "the scan answered every query (no fallback to local mode)"
+
+
+async def test_payloads_from_rows_match_retrieve(corpus: Corpus) -> None:
+    """The final hits' payloads, read from the collection's rows, equal local mode's `retrieve` (unknown
+    ids skipped) and are copies: changing a returned payload changes nothing stored."""
+    store = corpus.store
+    missing = point_id("no/such/source.md", 0)
+
+    def both(local: QdrantClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        ids = [*store._local_collection().ids_inv[:25], missing]
+        records = local.retrieve(collection_name=store.collection, ids=ids, with_payload=True, with_vectors=False)
+        return store._payloads(ids), {str(r.id): r.payload for r in records}
+
+    actual, expected = await _on_store_thread(store, both)
+    assert len(actual) == 25
+    assert actual == expected
+    changed = next(iter(actual.values()))
+    changed["heading_path"].append("changed")
+    changed["title"] = "changed"
+    again, _ = await _on_store_thread(store, both)
+    assert again == expected
+    assert store._use_payload_rows, "the rows answered (no fallback to retrieve)"
