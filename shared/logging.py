@@ -8,6 +8,7 @@ values and bearer tokens from every event, whatever logger produced it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,6 +36,10 @@ _TOKEN_PATTERNS = (
         r"(?i)((?:x-api-key|api[_-]?key|access_?token|token|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{6,}"
     ),
 )
+#: Text that none of `_TOKEN_PATTERNS` can match lacks all of these (each pattern needs one of them, in
+#: any case), so a few substring tests settle most ASCII values (levels, timestamps, event names) without five
+#: regular-expression passes.
+_TOKEN_HINTS = ("bearer", "://", "sk-", "apikey", "api_key", "api-key", "token", "password", "secret")
 #: Event keys whose values are never logged, whatever they hold.
 _SENSITIVE_KEY = re.compile(
     r"(?i)(^|_)(password|passwd|secret|token|access_token|authorization|api_key|apikey|cookie|set_cookie)s?$"
@@ -66,9 +71,12 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern in _TOKEN_PATTERNS:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED + (m.group(2) if m.lastindex == 2 else ""), text)
-        return text
+        # ASCII only: `re.IGNORECASE` also folds a few non-ASCII letters onto the hints' (the long s onto "s").
+        if text.isascii():
+            lowered = text.lower()
+            if not any(hint in lowered for hint in _TOKEN_HINTS):
+                return text
+        return scrub_token_patterns(text)
 
     def _scrub_value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -93,8 +101,21 @@ class Redactor:
         return event_dict
 
 
+def scrub_token_patterns(text: str) -> str:
+    """`text` with every token-looking match of `_TOKEN_PATTERNS` replaced (no shortcut)."""
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED + (m.group(2) if m.lastindex == 2 else ""), text)
+    return text
+
+
 def _is_sensitive(key: Any, value: Any) -> bool:
-    return isinstance(key, str) and bool(_SENSITIVE_KEY.search(key)) and isinstance(value, str | bytes) and bool(value)
+    return isinstance(key, str) and _is_sensitive_key(key) and isinstance(value, str | bytes) and bool(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive_key(key: str) -> bool:
+    # Event keys are few (the code's own names), so each is matched once per process.
+    return bool(_SENSITIVE_KEY.search(key))
 
 
 class ScrubbingFormatter(structlog.stdlib.ProcessorFormatter):

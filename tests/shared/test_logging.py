@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from shared.config import Settings
-from shared.logging import bind_context, clear_context, configure_logging, get_logger
+from shared.logging import Redactor, bind_context, clear_context, configure_logging, get_logger, scrub_token_patterns
 
 DB_PASSWORD = "pgLogMarker8842"
 OPENAI_KEY = "sk-logMarker5519abc"
@@ -110,6 +110,36 @@ def test_secrets_never_reach_the_output(capsys: pytest.CaptureFixture[str]) -> N
     for secret in (DB_PASSWORD, OPENAI_KEY, ADMIN_KEY):
         assert secret not in err
     assert "ep-x.neon.tech" in err  # the host stays visible: only credentials go
+
+
+TOKEN_LOOKING = [
+    "Authorization: BEARER abcdefghijkl",
+    "redis://:hunter2222@localhost:6379/0",
+    "postgresql+psycopg://neon:pw123456@ep-x.neon.tech/db",
+    "key SK-abcdefgh123 in a sentence",
+    "X-Api-Key: abcdef123",
+    "ACCESS_TOKEN=abcdefgh",
+    "{'Password': 'hunter2222'}",
+    "cookie session_token=xyz123; Path=/",
+    "\u017fk-abcdefgh123",  # long s: re.IGNORECASE folds it onto "s"
+    "api\u212aey=abcdefgh",  # Kelvin sign: folded onto "k"
+]
+
+
+@pytest.mark.parametrize("text", TOKEN_LOOKING)
+def test_scrub_shortcut_never_skips_a_token(text: str) -> None:
+    """The substring shortcut in `scrub` lets through nothing the token patterns would replace."""
+    expected = scrub_token_patterns(text)
+    assert expected != text  # each sample is one the patterns catch
+    assert Redactor().scrub(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["retrieval.done", "2026-11-26T16:00:00.123Z", "info", "shared.retrieval", "caf\u00e9"]
+)
+def test_scrub_leaves_plain_values_alone(text: str) -> None:
+    """Values without any token hint come back unchanged."""
+    assert Redactor(["sk-notinthere1"]).scrub(text) == text
 
 
 @pytest.fixture
