@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import math
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -86,6 +88,12 @@ def _reply_for(state: FakeState, messages: list[dict[str, Any]]) -> str:
     return "According to the book [1], " + " ".join(words) + " is explained in the passages."
 
 
+def _encode_vector(vector: list[float], as_base64: bool) -> list[float] | str:
+    if not as_base64:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 def _tokens(text: str, count: int | None) -> list[str]:
     pieces = re.findall(r"\S+\s*", text) or [text]
     if count is None or count <= 0:
@@ -143,8 +151,11 @@ def build_app(state: FakeState) -> Starlette:
         if isinstance(inputs, str):
             inputs = [inputs]
         dims = int(body.get("dimensions") or state.dims)
+        # As the real API: `encoding_format: "base64"` (what the SDK asks for) returns little-endian
+        # float32 bytes in base64 instead of a JSON list of floats.
+        as_base64 = body.get("encoding_format") == "base64"
         data = [
-            {"object": "embedding", "index": i, "embedding": fake_embedding(str(text), dims)}
+            {"object": "embedding", "index": i, "embedding": _encode_vector(fake_embedding(str(text), dims), as_base64)}
             for i, text in enumerate(inputs)
         ]
         tokens = sum(len(str(t).split()) for t in inputs)
