@@ -85,6 +85,23 @@ def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
     )
 
 
+#: The credentials the SDK's own chat and embeddings methods send: the API key as a bearer token.
+_BEARER_AUTH: Any = {"security": {"bearer_auth": True}}
+
+
+async def openai_post(client: AsyncOpenAI, path: str, body: dict[str, Any], *, stream: bool = False) -> httpx2.Response:
+    """POST `body` to an OpenAI endpoint with the SDK's documented raw-request method (`client.post`
+    with `cast_to=httpx.Response`): the shared client's base URL, credentials, headers, timeouts and
+    status errors (`APIStatusError` and its subclasses, as from the typed methods), without their
+    parameter transform and response wrappers, which cost ~0.7 ms of CPU per chat stream opened (half
+    the SDK's work per call; `bench`). The body uses the API's own field names. With `stream`, the body
+    is left unread and the caller closes the response."""
+    response: httpx2.Response = await client.post(
+        path, body=body, cast_to=httpx2.Response, stream=stream, options=_BEARER_AUTH
+    )
+    return response
+
+
 def describe_upstreams(settings: Settings) -> dict[str, dict[str, str]]:
     """Host and mode of each upstream, for the startup log (never credentials)."""
     db_url = settings.sqlalchemy_url

@@ -3,7 +3,7 @@
 The client is `services.openai` (built once per process by `shared.clients`, with its own timeouts and
 no SDK retries). Every call goes through `services.resilience`: a plain completion with backoff retries,
 a stream with a retried *open* and its outcome reported with `record_success` / `record_failure`.
-A stream is opened through the SDK (`with_streaming_response`: same client, headers and 4xx/5xx errors)
+A stream is opened through the SDK (`shared.clients.openai_post`: same client, headers and 4xx/5xx errors)
 but its SSE body is read by `shared.llm_stream.DeltaParser`, not decoded into pydantic chunks.
 Offline mode (no OPENAI_API_KEY) raises `LlmUnavailable`.
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import anyio
 import httpx2
-from openai import APIConnectionError, APITimeoutError, AsyncAPIResponse, AsyncOpenAI
+from openai import APIConnectionError, APITimeoutError, AsyncOpenAI
 
-from shared.clients import Services
+from shared.clients import Services, openai_post
 from shared.errors import LlmUnavailable, UpstreamUnavailable
 from shared.llm_stream import DeltaParser
 from shared.logging import get_logger
@@ -127,20 +127,20 @@ async def open_stream(
     return _deltas(services=services, upstream=upstream, idle_timeout_s=timeout)
 
 
-async def _open_raw(client: AsyncOpenAI, kwargs: dict[str, Any]) -> AsyncAPIResponse[Any]:
+async def _open_raw(client: AsyncOpenAI, kwargs: dict[str, Any]) -> httpx2.Response:
     """Send the streaming request through the SDK (same client, headers, errors for 4xx/5xx) and return
     the raw response, its body unread: `DeltaParser` reads the SSE itself."""
-    return await client.chat.completions.with_streaming_response.create(**kwargs).__aenter__()
+    return await openai_post(client, "/chat/completions", kwargs, stream=True)
 
 
-async def _deltas(*, services: Services, upstream: AsyncAPIResponse[Any], idle_timeout_s: float) -> AsyncIterator[str]:
+async def _deltas(*, services: Services, upstream: httpx2.Response, idle_timeout_s: float) -> AsyncIterator[str]:
     """The text deltas of an open stream (see `open_stream` for the errors), parsed by `DeltaParser`.
 
     The idle timer starts whenever the next delta is wanted and stops at the next SSE event, as the SDK's
     iterator did (a read that completes no event, e.g. a comment, does not reset it).
     """
     resilience = services.resilience
-    response = upstream.http_response
+    response = upstream
     chunks = response.aiter_bytes().__aiter__()
     parser = DeltaParser(request=response.request)
     loop = asyncio.get_running_loop()
@@ -183,14 +183,14 @@ async def _deltas(*, services: Services, upstream: AsyncAPIResponse[Any], idle_t
             await asyncio.shield(_close(chunks, upstream))
 
 
-async def _close(chunks: AsyncIterator[bytes], upstream: AsyncAPIResponse[Any]) -> None:
+async def _close(chunks: AsyncIterator[bytes], upstream: httpx2.Response) -> None:
     """Finish the body iterator (runs the transport's cleanup now, not at garbage collection), then close."""
     try:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
     finally:
-        await upstream.close()
+        await upstream.aclose()
 
 
 def _as_sdk_error(exc: Exception, response: httpx2.Response) -> Exception:

@@ -133,6 +133,7 @@ def build_app(state: FakeState) -> Starlette:
                     "path": request.url.path,
                     "body": body,
                     "authorization": request.headers.get("authorization", ""),
+                    "headers": dict(request.headers),
                     "at": time.time(),
                 }
             )
