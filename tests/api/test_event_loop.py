@@ -17,7 +17,13 @@ from collections import Counter
 import pytest
 import uvloop
 
-from api.event_loop import MAX_ACCEPT_DELAY_S, BalancedAcceptEventLoop, new_event_loop
+from api.event_loop import (
+    ACCEPTS_PER_WAKEUP,
+    MAX_ACCEPT_DELAY_S,
+    BalancedAcceptEventLoop,
+    BalancedServer,
+    new_event_loop,
+)
 
 
 class _Hold(asyncio.Protocol):
@@ -186,3 +192,43 @@ def test_a_worker_out_of_descriptors_pauses_instead_of_spinning(listener: socket
         _stop([process])
     assert 1 <= answered <= 3  # it accepted what its descriptors allowed
     assert cpu_s < 0.5  # ~2 s of waiting connections did not keep it busy
+
+
+def test_a_busy_worker_takes_several_waiting_connections_per_wake_up(listener: socket.socket) -> None:
+    """Once its delay is over, a busy worker accepts up to ACCEPTS_PER_WAKEUP of the connections waiting,
+    not one per loop iteration (40 waiting: about a quarter as many delayed wake-ups as connections)."""
+    loop = new_event_loop()
+    port = listener.getsockname()[1]
+
+    async def scenario() -> tuple[int, int]:
+        server = await loop.create_server(_Hold, sock=listener, backlog=2048)
+        assert isinstance(server, BalancedServer)
+        wake_ups = 0
+        resume = server._resume_accepting
+
+        def counted() -> None:
+            nonlocal wake_ups
+            wake_ups += 1
+            resume()
+
+        server._resume_accepting = counted  # type: ignore[method-assign]
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(40)]
+        for client in clients:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        deadline = loop.time() + 10
+        while server.open_connections() < 40 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        accepted = server.open_connections()
+        for client in clients:
+            client.close()
+        server.close()
+        return accepted, wake_ups
+
+    try:
+        accepted, wake_ups = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert accepted == 40
+    assert ACCEPTS_PER_WAKEUP > 1
+    assert wake_ups <= 40 // ACCEPTS_PER_WAKEUP + 3, wake_ups
