@@ -12,8 +12,8 @@ waits a moment before it accepts (`ACCEPT_DELAY_PER_CONNECTION_S` per open conne
 `MAX_ACCEPT_DELAY_S`), so that a less busy worker, woken by the same connection, takes it first; after
 the wait it takes up to `ACCEPTS_PER_WAKEUP` of the connections still waiting. When no other worker takes
 them, the busy one does after the delay: nothing waits longer than `MAX_ACCEPT_DELAY_S` for a worker, and
-nothing is refused (the kernel's listen backlog is unchanged). Accepted sockets are handed to the loop with the public
-`connect_accepted_socket`, so the same server works on any asyncio loop.
+nothing is refused (the kernel's listen backlog is unchanged). Accepted sockets are handed to the loop
+with the public `connect_accepted_socket`, so the same server works on any asyncio loop.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ async def open_stream(
         services.resilience.record_failure(Upstream.OPENAI, exc)
         log.warning("llm.stream_stalled", idle_timeout_s=timeout, phase="open")
         raise LlmStalled(f"The language model sent nothing for {timeout:g} s. Please try again.") from None
-    return _deltas(services=services, upstream=upstream, idle_timeout_s=timeout)
+    return _deltas(services=services, response=upstream, idle_timeout_s=timeout)
 
 
 async def _open_raw(client: AsyncOpenAI, kwargs: dict[str, Any]) -> httpx2.Response:
@@ -133,14 +133,13 @@ async def _open_raw(client: AsyncOpenAI, kwargs: dict[str, Any]) -> httpx2.Respo
     return await openai_post(client, "/chat/completions", kwargs, stream=True)
 
 
-async def _deltas(*, services: Services, upstream: httpx2.Response, idle_timeout_s: float) -> AsyncIterator[str]:
+async def _deltas(*, services: Services, response: httpx2.Response, idle_timeout_s: float) -> AsyncIterator[str]:
     """The text deltas of an open stream (see `open_stream` for the errors), parsed by `DeltaParser`.
 
     The idle timer starts whenever the next delta is wanted and stops at the next SSE event, as the SDK's
     iterator did (a read that completes no event, e.g. a comment, does not reset it).
     """
     resilience = services.resilience
-    response = upstream
     chunks = response.aiter_bytes().__aiter__()
     parser = DeltaParser(request=response.request)
     loop = asyncio.get_running_loop()
@@ -180,17 +179,17 @@ async def _deltas(*, services: Services, upstream: httpx2.Response, idle_timeout
         if not finished:
             log.info("llm.stream_closed_early")
         with contextlib.suppress(Exception):
-            await asyncio.shield(_close(chunks, upstream))
+            await asyncio.shield(_close(chunks, response))
 
 
-async def _close(chunks: AsyncIterator[bytes], upstream: httpx2.Response) -> None:
+async def _close(chunks: AsyncIterator[bytes], response: httpx2.Response) -> None:
     """Finish the body iterator (runs the transport's cleanup now, not at garbage collection), then close."""
     try:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
     finally:
-        await upstream.aclose()
+        await response.aclose()
 
 
 def _as_sdk_error(exc: Exception, response: httpx2.Response) -> Exception:

@@ -37,8 +37,8 @@ _TOKEN_PATTERNS = (
     ),
 )
 #: Text that none of `_TOKEN_PATTERNS` can match lacks all of these (each pattern needs one of them, in
-#: any case), so a few substring tests settle most ASCII values (levels, timestamps, event names) without five
-#: regular-expression passes.
+#: any case), so a few substring tests settle most ASCII values (levels, timestamps, event names)
+#: without five regular-expression passes.
 _TOKEN_HINTS = ("bearer", "://", "sk-", "apikey", "api_key", "api-key", "token", "password", "secret")
 #: Event keys whose values are never logged, whatever they hold.
 _SENSITIVE_KEY = re.compile(
@@ -71,7 +71,7 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        # ASCII only: `re.IGNORECASE` also folds a few non-ASCII letters onto the hints' (the long s onto "s").
+        # ASCII only: `re.IGNORECASE` also folds a few non-ASCII letters onto ASCII ones (long s onto "s").
         if text.isascii():
             lowered = text.lower()
             if not any(hint in lowered for hint in _TOKEN_HINTS):

