@@ -169,6 +169,9 @@ def stack(page_port: int, fake_openai: Any) -> Iterator[Stack]:
         "OPENAI_BASE_URL": fake_openai.url,
     }
     with Stack(env=env) as running:
+        # The chat answers from the worker's embedded store: until the worker serves it, a question is a
+        # fast 503 (as API.md says), which this test must not race against.
+        running.wait_worker(timeout=60)
         yield running
 
 
