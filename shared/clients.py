@@ -56,9 +56,10 @@ async def create_redis(settings: Settings) -> ArqRedis:
 
 
 #: How long an idle connection to OpenAI stays open for the next request. The default of `httpx2.Limits`
-#: (5 s, which the aiohttp transport would use too) would make every question after a short lull pay a new TCP + TLS handshake (1-2 round trips and ~1 ms of
-#: CPU each, for the query embedding and again for the stream); a connection the server has closed
-#: meanwhile is noticed before reuse, and a rare race is retried like any dropped connection.
+#: (5 s, which the aiohttp transport would use too) would make every question after a short lull pay a
+#: new TCP + TLS handshake (1-2 round trips and ~1 ms of CPU each, for the query embedding and again for
+#: the stream); a connection the server has closed meanwhile is noticed before reuse, and a rare race is
+#: retried like any dropped connection.
 OPENAI_KEEPALIVE_S = 60.0
 
 
@@ -85,10 +86,6 @@ def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
     )
 
 
-#: The credentials the SDK's own chat and embeddings methods send: the API key as a bearer token.
-_BEARER_AUTH: Any = {"security": {"bearer_auth": True}}
-
-
 async def openai_post(client: AsyncOpenAI, path: str, body: dict[str, Any], *, stream: bool = False) -> httpx2.Response:
     """POST `body` to an OpenAI endpoint with the SDK's documented raw-request method (`client.post`
     with `cast_to=httpx.Response`): the shared client's base URL, credentials, headers, timeouts and
@@ -96,8 +93,11 @@ async def openai_post(client: AsyncOpenAI, path: str, body: dict[str, Any], *, s
     parameter transform and response wrappers: opening a chat stream costs 1.2 instead of 2.1 ms of CPU
     (in one process against the fake server). The body uses the API's own field names. With `stream`,
     the body is left unread and the caller closes the response."""
+    # The credentials the typed chat and embeddings methods send (the API key as a bearer token), in a
+    # new dict per call: the SDK keeps a reference to it in the request's options.
+    options: Any = {"security": {"bearer_auth": True}}
     response: httpx2.Response = await client.post(
-        path, body=body, cast_to=httpx2.Response, stream=stream, options=_BEARER_AUTH
+        path, body=body, cast_to=httpx2.Response, stream=stream, options=options
     )
     return response
 
