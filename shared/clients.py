@@ -24,6 +24,7 @@ from shared.config import Settings, redact_url
 from shared.constants import EMBEDDED_STORE_CONCURRENCY, QUEUE_NAME, ROLE_API
 from shared.db.engine import SessionFactory, create_engine, create_session_factory
 from shared.logging import get_logger
+from shared.redis_pool import adopt_concurrent_pool
 from shared.resilience import Resilience
 
 if TYPE_CHECKING:
@@ -51,8 +52,13 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def create_redis(settings: Settings) -> ArqRedis:
-    """The Redis connection pool (an `ArqRedis`, usable for caches and for enqueueing jobs)."""
-    return await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
+    """The Redis connection pool (an `ArqRedis`, usable for caches and for enqueueing jobs).
+
+    arq connects it (with retries) and `shared.redis_pool` then gives it a pool whose commands do not
+    queue behind each other."""
+    redis = await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
+    await adopt_concurrent_pool(redis)
+    return redis
 
 
 #: How long an idle connection to OpenAI stays open for the next request. The default of `httpx2.Limits`
