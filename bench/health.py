@@ -67,7 +67,7 @@ if __name__ == "__main__":
     sock.listen(2048)
     for _ in range(workers):
         if os.fork() == 0:
-            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="h11")
             uvicorn.Server(config).run(sockets=[sock])
             os._exit(0)
     while True:

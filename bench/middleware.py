@@ -82,7 +82,9 @@ def serve(variant: str, port: int, data_dir: str, redis_url: str) -> None:
     import uvicorn
 
     app = build_app(variant, data_dir, redis_url)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False, http="h11"
+    )
 
 
 async def _load(
