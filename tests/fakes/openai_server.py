@@ -43,7 +43,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def fake_embedding(text: str, dims: int) -> list[float]:
     """A deterministic bag-of-words hashing embedding: texts sharing words get similar vectors."""
-    return [float(v) for v in fake_embedding_array(text, dims).tolist()]
+    values: list[float] = fake_embedding_array(text, dims).tolist()
+    return values
 
 
 def fake_embedding_array(text: str, dims: int) -> np.ndarray:
@@ -99,7 +100,8 @@ def _reply_for(state: FakeState, messages: list[dict[str, Any]]) -> str:
 
 def _encode_vector(vector: np.ndarray, as_base64: bool) -> list[float] | str:
     if not as_base64:
-        return [float(v) for v in vector.tolist()]
+        values: list[float] = vector.tolist()
+        return values
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
 
 
