@@ -26,20 +26,25 @@ from shared.config import Settings
 
 __all__ = ["Redactor", "ScrubbingFormatter", "bind_context", "clear_context", "configure_logging", "get_logger"]
 
-_TOKEN_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"(?i)(session_token=)[^;\s\"',]+"),
+#: Each token pattern with the substrings one of which any text it matches contains (lower-cased): on
+#: ASCII text, a pattern none of whose hints occurs cannot match, so it is not run. Most log values
+#: (levels, timestamps, event names) have no hint at all; a line with a `first_token_ms` key runs one
+#: pattern instead of five.
+_TOKEN_RULES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), ("bearer",)),
+    (re.compile(r"(?i)(session_token=)[^;\s\"',]+"), ("session_token=",)),
     # user:password@ in any URL (postgresql+psycopg://, redis://:pw@, https://user:pw@...).
-    re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)"),
-    re.compile(r"(?i)(sk-)[A-Za-z0-9_-]{6,}"),
-    re.compile(
-        r"(?i)((?:x-api-key|api[_-]?key|access_?token|token|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{6,}"
+    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)"), ("://",)),
+    (re.compile(r"(?i)(sk-)[A-Za-z0-9_-]{6,}"), ("sk-",)),
+    (
+        re.compile(
+            r"(?i)((?:x-api-key|api[_-]?key|access_?token|token|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{6,}"
+        ),
+        ("apikey", "api_key", "api-key", "token", "password", "secret"),
     ),
 )
-#: Text that none of `_TOKEN_PATTERNS` can match lacks all of these (each pattern needs one of them, in
-#: any case), so a few substring tests settle most ASCII values (levels, timestamps, event names)
-#: without five regular-expression passes.
-_TOKEN_HINTS = ("bearer", "://", "sk-", "apikey", "api_key", "api-key", "token", "password", "secret")
+_TOKEN_PATTERNS = tuple(pattern for pattern, _ in _TOKEN_RULES)
+_TOKEN_HINTS = tuple(hint for _, hints in _TOKEN_RULES for hint in hints)
 #: Event keys whose values are never logged, whatever they hold.
 _SENSITIVE_KEY = re.compile(
     r"(?i)(^|_)(password|passwd|secret|token|access_token|authorization|api_key|apikey|cookie|set_cookie)s?$"
@@ -72,13 +77,19 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         # ASCII only: `re.IGNORECASE` also folds a few non-ASCII letters onto ASCII ones (long s onto "s").
-        if text.isascii():
-            lowered = text.lower()
-            if not any(hint in lowered for hint in _TOKEN_HINTS):
-                return text
-        return scrub_token_patterns(text)
+        if not text.isascii():
+            return scrub_token_patterns(text)
+        lowered = text.lower()
+        if not any(hint in lowered for hint in _TOKEN_HINTS):
+            return text
+        for pattern, hints in _TOKEN_RULES:
+            if any(hint in lowered for hint in hints):
+                text = pattern.sub(_redact_match, text)
+        return text
 
     def _scrub_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float):  # most values: nothing to scrub
+            return value
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
@@ -89,8 +100,6 @@ class Redactor:
             return self.scrub(value.decode("utf-8", "replace"))
         if isinstance(value, BaseException):
             return self.scrub(repr(value))
-        if value is None or isinstance(value, bool | int | float):
-            return value
         return self.scrub(str(value))
 
     def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -104,8 +113,12 @@ class Redactor:
 def scrub_token_patterns(text: str) -> str:
     """`text` with every token-looking match of `_TOKEN_PATTERNS` replaced (no shortcut)."""
     for pattern in _TOKEN_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED + (m.group(2) if m.lastindex == 2 else ""), text)
+        text = pattern.sub(_redact_match, text)
     return text
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    return match.group(1) + REDACTED + (match.group(2) if match.lastindex == 2 else "")
 
 
 def _is_sensitive(key: Any, value: Any) -> bool:
