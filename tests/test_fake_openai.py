@@ -41,6 +41,7 @@ def _reference_embedding(text: str, dims: int) -> list[float]:
 @pytest.mark.parametrize("dims", [8, 1536])
 @pytest.mark.parametrize("text", TEXTS)
 def test_numpy_embedding_equals_the_plain_construction(text: str, dims: int) -> None:
+    """The numpy embedding, as a list and as the base64 float32 bytes the SDK asks for, is the plain one."""
     expected = _reference_embedding(text, dims)
     assert fake_embedding(text, dims) == expected
     assert _encode_vector(fake_embedding_array(text, dims), False) == expected
@@ -52,6 +53,7 @@ def test_numpy_embedding_equals_the_plain_construction(text: str, dims: int) -> 
     "piece", ["word ", "", 'quote " and \\ backslash\n', "\u00fcml\u00e4ut \U0001f600", "\x00marker\x00"]
 )
 def test_content_chunk_template_is_byte_for_byte_the_chunk(piece: str) -> None:
+    """A streamed token's chunk from the template equals the one `_chunk` builds, escapes included."""
     chunk = _content_chunk_template('model "x"', 1_700_000_000)
     assert chunk(piece) == _chunk('model "x"', 1_700_000_000, {"content": piece}, None)
     assert json.loads(chunk(piece)[len("data: ") :])["choices"][0]["delta"]["content"] == piece
