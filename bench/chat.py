@@ -381,11 +381,13 @@ def main() -> None:
             for round_no in range(args.rounds):
                 marks = len(stack.stdout_lines), len(stack.stderr_lines)
                 httpx.post(f"{fake_url}/_control", json={"clear_requests": True}, timeout=5).raise_for_status()
-                print(f"  reference loop: {reference_loop_ms():.1f} ms (machine speed; lower is faster)")
+                speed_ms = reference_loop_ms()
                 cpu_before, began = cpu_by_role(), time.perf_counter()
                 results = run_client(run_level(stack.base_url, level, lean=args.client == "raw"))
-                print_cpu(cpu_before, cpu_by_role(), time.perf_counter() - began, level)
+                cpu_after, wall_s = cpu_by_role(), time.perf_counter() - began
                 report(f"{level} concurrent, round {round_no + 1}", results, model_s)
+                print(f"  reference loop: {speed_ms:.1f} ms (machine speed; lower is faster)")
+                print_cpu(cpu_before, cpu_after, wall_s, level)
                 breakdown(stack.stdout_lines[marks[0] :] + stack.stderr_lines[marks[1] :])
                 upstream_calls(httpx.get(f"{fake_url}/_requests", timeout=10).json()["requests"])
     finally:
