@@ -8,24 +8,23 @@ is configured or its breaker is open). `generate` and `stream_answer` then run t
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from shared.clients import Services
 from shared.errors import LlmUnavailable, UpstreamMisconfigured, UpstreamUnavailable
 from shared.llm import LlmStalled, Message, complete, open_stream
+from shared.extractive import compose_extractive
 from shared.logging import get_logger
 from shared.resilience import Upstream
 from shared.retrieval import Passage
-from shared.sparse import tokenize
 
 __all__ = [
     "NOT_COVERED",
     "AnswerPlan",
     "citation_of",
-    "extractive_answer",
+    "declined",
     "generate",
     "plan_answer",
     "source_label",
@@ -59,11 +58,16 @@ LEVELS = {
     ),
 }
 
+#: How a reply that declines begins; the model is asked to use NOT_COVERED word for word, so a declined
+#: answer is recognised (and shown without citations) from its first tokens.
+NOT_COVERED_LEAD = NOT_COVERED.split(",", 1)[0]
+
 SYSTEM_PROMPT = (
     'You are Lectern, the teaching assistant of the online textbook "Physical AI & Humanoid Robotics". '
     "Answer the reader's question using ONLY the numbered book passages (and the text the reader selected, "
     "when given). Cite the passages you use with their numbers in square brackets, like [1] or [2][3]. "
-    "If the passages do not contain the answer, say that the book does not cover it instead of guessing. "
+    "If the passages do not answer the question, do not guess: reply with exactly this sentence and "
+    f"nothing else: {NOT_COVERED} "
     "Use markdown; keep code in fenced blocks."
 )
 
@@ -71,8 +75,6 @@ SNIPPET_CHARS = 240
 LABEL_SEPARATOR = "\u203a"  # U+203A: the frontend shows "<title> \u203a <heading>"
 PASSAGE_CHARS = 2400
 SELECTED_CHARS = 6000
-EXTRACT_PASSAGES = 3
-EXTRACT_SENTENCES = 3
 
 
 @dataclass
@@ -140,31 +142,26 @@ def _user_prompt(query: str, passages: Sequence[Passage], selected_text: str) ->
     return "\n\n".join(parts)
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`*\[(])")
+def _extractive(plan_query: str, passages: Sequence[Passage], *, note: str) -> AnswerPlan:
+    """Plain prose from the best passages; citations and sources are the passages it quotes, in the order
+    of their [n] markers, each section once."""
+    extract = compose_extractive(plan_query, passages, note=note)
+    used = [passages[i] for i in extract.used]
+    return AnswerPlan(
+        mode="extractive",
+        passages=used,
+        citations=[citation_of(p) for p in used],
+        sources=[source_label(p) for p in used],
+        text=extract.text,
+        query=plan_query,
+    )
 
 
-def _best_sentences(query: str, passage: Passage) -> str:
-    """The passage's sentences that share the most terms with the question, in reading order."""
-    text = re.sub(r"```.*?```", " ", passage.content, flags=re.DOTALL)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    sentences = [s.strip() for s in _SENTENCE.split(" ".join(lines)) if len(s.strip()) > 20]
-    if not sentences:
-        return _snippet(passage.content, 400)
-    terms = set(tokenize(query))
-    ranked = sorted(range(len(sentences)), key=lambda i: (-len(terms & set(tokenize(sentences[i]))), i))[
-        :EXTRACT_SENTENCES
-    ]
-    return " ".join(sentences[i] for i in sorted(ranked))
-
-
-def extractive_answer(query: str, passages: Sequence[Passage], *, note: str = OFFLINE_NOTE) -> str:
-    """An answer made of the best passages, quoted and cited with their numbers."""
-    lines = [note, ""]
-    for number, passage in enumerate(passages[:EXTRACT_PASSAGES], start=1):
-        lines.append(f"**{source_label(passage)}** [{number}]")
-        lines.append("> " + _best_sentences(query, passage))
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+def _extract_query(query: str, search_query: str | None) -> str:
+    """What the extractive answer looks for: the reader's words plus the follow-up's resolved subject."""
+    if not search_query or search_query == query:
+        return query
+    return f"{query} {search_query}"
 
 
 def plan_answer(
@@ -175,8 +172,13 @@ def plan_answer(
     selected_text: str = "",
     history: Sequence[Message] = (),
     proficiency: str | None = None,
+    search_query: str | None = None,
 ) -> AnswerPlan:
-    """Decide the answer's mode, citations and prompt; nothing here calls an upstream."""
+    """Decide the answer's mode, citations and prompt; nothing here calls an upstream.
+
+    `query` is the reader's own words (what the model answers); `search_query` the standalone query a
+    follow-up was resolved to, which also guides an extractive answer's choice of sentences.
+    """
     given = list(passages)
     citations = [citation_of(p) for p in given]
     sources = [source_label(p) for p in given]
@@ -193,32 +195,28 @@ def plan_answer(
     if not llm_ready:
         note = OFFLINE_NOTE if services.openai is None else LLM_DOWN_NOTE
         if not given:  # only the reader's selection: quote it back rather than invent
-            text = f"{note}\n\n> {_snippet(selected_text, 600)}\n"
-        else:
-            text = extractive_answer(query, given, note=note)
-        return AnswerPlan(
-            mode="extractive", passages=given, citations=citations, sources=sources, text=text, query=query
-        )
+            text = f"{note}\n\n{_snippet(selected_text, 600)}\n"
+            return AnswerPlan(mode="extractive", passages=[], citations=[], sources=[], text=text, query=query)
+        return _extractive(_extract_query(query, search_query), given, note=note)
     system = f"{SYSTEM_PROMPT}\n\n{_level_instruction(proficiency)}"
     messages: list[Message] = [{"role": "system", "content": system}]
     messages.extend({"role": m["role"], "content": m["content"]} for m in history[-10:])
     messages.append({"role": "user", "content": _user_prompt(query, given, selected_text)})
     return AnswerPlan(
-        mode="generative", passages=given, citations=citations, sources=sources, messages=messages, query=query
+        mode="generative",
+        passages=given,
+        citations=citations,
+        sources=sources,
+        messages=messages,
+        query=_extract_query(query, search_query),
     )
 
 
 def _fallback(plan: AnswerPlan) -> AnswerPlan:
     """The same plan answered extractively (the LLM failed before saying anything)."""
-    text = extractive_answer(plan.query, plan.passages, note=LLM_DOWN_NOTE) if plan.passages else LLM_DOWN_NOTE
-    return AnswerPlan(
-        mode="extractive",
-        passages=plan.passages,
-        citations=plan.citations,
-        sources=plan.sources,
-        text=text,
-        query=plan.query,
-    )
+    if not plan.passages:
+        return AnswerPlan(mode="extractive", passages=[], citations=[], sources=[], text=LLM_DOWN_NOTE, query=plan.query)
+    return _extractive(plan.query, plan.passages, note=LLM_DOWN_NOTE)
 
 
 async def generate(*, services: Services, plan: AnswerPlan) -> AnswerPlan:
@@ -234,7 +232,7 @@ async def generate(*, services: Services, plan: AnswerPlan) -> AnswerPlan:
     except UpstreamUnavailable as exc:
         log.warning("answer.llm_fallback", code=exc.code)
         return _fallback(plan)
-    return AnswerPlan(
+    answered = AnswerPlan(
         mode="generative",
         passages=plan.passages,
         citations=plan.citations,
@@ -242,6 +240,49 @@ async def generate(*, services: Services, plan: AnswerPlan) -> AnswerPlan:
         text=text,
         query=plan.query,
     )
+    return _without_citations(answered) if declined(text) else answered
+
+
+def declined(text: str) -> bool:
+    """True when the model's reply is the "not covered" answer (it was told to use it word for word)."""
+    return text.lstrip().startswith(NOT_COVERED_LEAD)
+
+
+def _without_citations(plan: AnswerPlan) -> AnswerPlan:
+    """A reply that says the book does not cover the question cites nothing."""
+    return replace(plan, passages=[], citations=[], sources=[])
+
+
+async def _settle_citations(plan: AnswerPlan, deltas: AsyncIterator[str]) -> tuple[AnswerPlan, AsyncIterator[str]]:
+    """Read the first tokens until they can no longer begin the "not covered" reply, so the citations
+    announced before the answer are right. A normal answer differs from its first token on."""
+    held: list[str] = []
+    text = ""
+    while True:
+        try:
+            piece = await anext(deltas)
+        except StopAsyncIteration:
+            break
+        held.append(piece)
+        text += piece
+        start = text.lstrip()
+        if len(start) >= len(NOT_COVERED_LEAD) or not NOT_COVERED_LEAD.startswith(start):
+            break
+    settled = _without_citations(plan) if declined(text) else plan
+    return settled, _replay(held, deltas)
+
+
+async def _replay(held: list[str], rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The tokens read ahead, then the rest of the stream; closing it closes the upstream stream."""
+    try:
+        for piece in held:
+            yield piece
+        async for piece in rest:
+            yield piece
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def stream_answer(*, services: Services, plan: AnswerPlan) -> tuple[AnswerPlan, AsyncIterator[str]]:
@@ -262,7 +303,7 @@ async def stream_answer(*, services: Services, plan: AnswerPlan) -> tuple[Answer
         log.warning("answer.llm_fallback", code=exc.code)
         fallback = _fallback(plan)
         return fallback, _once(fallback.text or "")
-    return plan, deltas
+    return await _settle_citations(plan, deltas)
 
 
 async def _once(text: str) -> AsyncIterator[str]:

@@ -16,11 +16,15 @@ from typing import Protocol
 from shared.answering import AnswerPlan, plan_answer
 from shared.clients import Services
 from shared.db.models import new_id
+from shared.followup import standalone_query
 from shared.history import get_owned_session, recent_messages, start_session, store_exchange, title_from_query
 from shared.llm import Message
+from shared.logging import get_logger
 from shared.retrieval import retrieve
 
 __all__ = ["ChatUser", "Turn", "ensure_session", "finish_turn", "open_turn", "plan_turn"]
+
+log = get_logger(__name__)
 
 
 class ChatUser(Protocol):
@@ -48,6 +52,8 @@ class Turn:
     session_id: str | None = None
     new_session_title: str | None = None
     history: list[Message] = field(default_factory=list)
+    #: The standalone query retrieval used, when it differs from the reader's words (a rewritten follow-up).
+    search_query: str | None = None
 
     @property
     def stored(self) -> bool:
@@ -87,11 +93,16 @@ async def open_turn(
 
 
 async def plan_turn(*, services: Services, turn: Turn) -> AnswerPlan:
-    """Retrieve the passages for the question and plan the answer."""
-    passages = await retrieve(services=services, query=turn.query, selected_text=turn.selected_text)
+    """Make a follow-up standalone, retrieve the passages for it, and plan the answer."""
+    search = await standalone_query(services=services, question=turn.query, history=turn.history)
+    if search.rewritten:
+        turn.search_query = search.text
+        log.info("chat.search_query", method=search.method, search_query=search.text)
+    passages = await retrieve(services=services, query=search.text, selected_text=turn.selected_text)
     return plan_answer(
         services=services,
         query=turn.query,
+        search_query=search.text,
         passages=passages,
         selected_text=turn.selected_text,
         history=turn.history,

@@ -26,9 +26,10 @@ from shared.db.engine import SessionFactory, create_engine, create_session_facto
 from shared.logging import get_logger
 from shared.redis_pool import adopt_concurrent_pool
 from shared.resilience import Resilience
+from shared.semantic import LocalEmbedder
 
 if TYPE_CHECKING:
-    from shared.embeddings import Embedder
+    from shared.embeddings import DenseEmbedder
     from shared.vectorstore import VectorStore
 
 log = get_logger(__name__)
@@ -146,7 +147,9 @@ class Services:
     openai: AsyncOpenAI | None
     resilience: Resilience
     vectorstore: VectorStore | None = None
-    embedder: Embedder | None = None
+    embedder: DenseEmbedder | None = None
+    #: The bundled semantic model: the relevance gate's signal in every mode, the embedder offline.
+    semantic: LocalEmbedder = field(default_factory=LocalEmbedder)
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
@@ -202,7 +205,7 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
     services.vectorstore = create_vector_store(
         settings, role=role, redis=services.redis, resilience=services.resilience
     )
-    services.embedder = create_embedder(settings, services.openai, services.resilience)
+    services.embedder = create_embedder(settings, services.openai, services.resilience, services.semantic)
     if role == ROLE_API and settings.embedded_qdrant:
         await open_redis_connections(services.redis, EMBEDDED_STORE_CONCURRENCY)
     from shared.circuit_state import start_process_observers

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.constants import LOCAL_EMBEDDING_DIMENSIONS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DOCS_DIR = REPO_ROOT / "docs" / "sample"
 
@@ -114,6 +116,12 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(5, ge=1, le=20, validation_alias=_alias("RETRIEVAL_TOP_K"))
     retrieval_min_dense_score: float = Field(0.45, validation_alias=_alias("RETRIEVAL_MIN_DENSE_SCORE"))
     retrieval_min_term_coverage: float = Field(0.6, ge=0, le=1, validation_alias=_alias("RETRIEVAL_MIN_TERM_COVERAGE"))
+    retrieval_min_semantic_score: float = Field(
+        0.35, ge=-1, le=1, validation_alias=_alias("RETRIEVAL_MIN_SEMANTIC_SCORE")
+    )
+    retrieval_offtopic_semantic_score: float = Field(
+        0.25, ge=-1, le=1, validation_alias=_alias("RETRIEVAL_OFFTOPIC_SEMANTIC_SCORE")
+    )
     chat_stream_idle_timeout_s: float = Field(30.0, gt=0, validation_alias=_alias("CHAT_STREAM_IDLE_TIMEOUT"))
     chat_stream_ping_interval_s: float = Field(15.0, gt=0, validation_alias=_alias("CHAT_STREAM_PING_INTERVAL"))
     content_cache_ttl_s: int = Field(30 * 24 * 3600, ge=60, validation_alias=_alias("CONTENT_CACHE_TTL"))
@@ -222,8 +230,13 @@ class Settings(BaseSettings):
 
     @property
     def offline(self) -> bool:
-        """No LLM configured: extractive answers and sparse-only retrieval."""
+        """No LLM configured: extractive answers, and the bundled local model embeds."""
         return self.openai_api_key is None
+
+    @property
+    def dense_dimensions(self) -> int:
+        """The size of the stored dense vectors: EMBEDDING_DIMENSIONS online, the local model's offline."""
+        return LOCAL_EMBEDDING_DIMENSIONS if self.offline else self.embedding_dimensions
 
     @property
     def auto_ingest_sample_docs(self) -> bool:

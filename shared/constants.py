@@ -34,3 +34,7 @@ ROLE_WORKER: Final = "worker"
 #: flood of readers queueing in the API rather than timing out RPCs and opening the `qdrant` breaker on
 #: our own backlog (at 8, the cap itself was the queue at 50 readers).
 EMBEDDED_STORE_CONCURRENCY: Final = 32
+
+#: The bundled local semantic model (shared.semantic): its name in vector signatures, and its output size.
+LOCAL_EMBEDDING_MODEL: Final = "wordllama-l2-supercat-256"
+LOCAL_EMBEDDING_DIMENSIONS: Final = 256

@@ -5,7 +5,7 @@
 through a client-side limiter (requests and tokens per minute, `EMBED_RPM` / `EMBED_TPM`) so a big ingest
 does not provoke a 429 storm. A 429's `Retry-After` pauses every request of the process, and the
 resilience layer retries with exponential backoff and jitter, honouring the same header. In offline mode
-(no `OPENAI_API_KEY`) there is no embedder: `create_embedder` returns None and only sparse vectors exist.
+(no `OPENAI_API_KEY`) the dense embedder is the bundled local model (`shared.semantic.LocalEmbedder`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from openai import AsyncOpenAI
@@ -26,9 +26,11 @@ from shared.config import Settings
 from shared.errors import UpstreamUnavailable
 from shared.logging import get_logger
 from shared.resilience import Resilience, RetryPolicy, Upstream, retry_after_of
+from shared.semantic import LocalEmbedder
 
 __all__ = [
     "INGEST_RETRY_POLICY",
+    "DenseEmbedder",
     "Embedder",
     "EmbedderStats",
     "RateLimiter",
@@ -46,6 +48,23 @@ INGEST_RETRY_POLICY = RetryPolicy(max_tries=12, max_time_s=120.0, base_s=0.5, ca
 def estimate_tokens(text: str) -> int:
     """A cheap upper-bound-ish token estimate (about 4 characters per token for English)."""
     return len(text) // 4 + 1
+
+
+class DenseEmbedder(Protocol):
+    """What ingestion and retrieval need from a dense embedder (OpenAI's or the local model)."""
+
+    @property
+    def signature(self) -> str:
+        """Model and dimensions: a change means stored vectors must be recomputed."""
+        ...
+
+    async def embed_texts(self, texts: Sequence[str], *, policy: RetryPolicy | None = None) -> list[list[float]]:
+        """Embed passages, order kept."""
+        ...
+
+    async def embed_query(self, text: str) -> list[float]:
+        """Embed one question."""
+        ...
 
 
 class RateLimiter:
@@ -220,8 +239,10 @@ def decode_embeddings(payload: dict[str, Any]) -> list[list[float]]:
     return vectors
 
 
-def create_embedder(settings: Settings, client: AsyncOpenAI | None, resilience: Resilience) -> Embedder | None:
-    """The process's embedder, or None in offline mode."""
+def create_embedder(
+    settings: Settings, client: AsyncOpenAI | None, resilience: Resilience, local: LocalEmbedder
+) -> DenseEmbedder:
+    """The process's dense embedder: OpenAI's when configured, else the bundled local model."""
     if client is None:
-        return None
+        return local
     return Embedder(settings, client, resilience)

@@ -44,7 +44,7 @@ from shared.config import Settings
 from shared.constants import JOB_INGEST, QUEUE_NAME
 from shared.db.engine import SessionFactory, session_scope
 from shared.db.models import Document, IngestJob, IngestJobDocument, utcnow
-from shared.embeddings import Embedder
+from shared.embeddings import DenseEmbedder
 from shared.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UpstreamUnavailable
 from shared.logging import get_logger
 from shared.sparse import encode_document
@@ -358,7 +358,7 @@ class _JobRunner:
         settings: Settings,
         sessions: SessionFactory,
         store: VectorStore,
-        embedder: Embedder | None,
+        embedder: DenseEmbedder | None,
         job_id: str,
     ) -> None:
         self.settings = settings
@@ -569,7 +569,7 @@ async def run_ingest_job(
     settings: Settings,
     sessions: SessionFactory,
     store: VectorStore,
-    embedder: Embedder | None,
+    embedder: DenseEmbedder | None,
     job_id: str,
 ) -> JobOutcome:
     """Run (or continue) a job until every document is done; see the module docstring.

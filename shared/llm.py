@@ -24,7 +24,7 @@ from shared.clients import Services, openai_post
 from shared.errors import LlmUnavailable, UpstreamUnavailable
 from shared.llm_stream import DeltaParser
 from shared.logging import get_logger
-from shared.resilience import Upstream
+from shared.resilience import RetryPolicy, Upstream
 
 __all__ = ["LlmStalled", "Message", "complete", "open_stream", "require_client"]
 
@@ -62,6 +62,7 @@ async def complete(
     temperature: float = 0.2,
     max_tokens: int | None = None,
     deadline_s: float | None = None,
+    policy: RetryPolicy | None = None,
 ) -> str:
     """One chat completion, retried behind the `openai` breaker, all within `deadline_s`; returns the text.
 
@@ -80,7 +81,10 @@ async def complete(
     try:
         # One overall deadline over the attempts and their backoff: a caller never waits past it.
         response = await asyncio.wait_for(
-            services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs)), deadline
+            services.resilience.call(
+                Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs), policy=policy
+            ),
+            deadline,
         )
     except TimeoutError as exc:
         services.resilience.record_failure(Upstream.OPENAI, exc)

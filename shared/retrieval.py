@@ -28,8 +28,9 @@ from shared.errors import UpstreamUnavailable
 from shared.logging import get_logger
 from shared.resilience import Upstream
 from shared.sparse import encode_query, tokenize
+from shared.vectorstore.protocol import ScoredChunk
 
-__all__ = ["Passage", "retrieve", "term_coverage"]
+__all__ = ["SECTION_ASKS", "SECTION_EXPLAINS", "Passage", "retrieve", "term_coverage"]
 
 log = get_logger(__name__)
 
@@ -37,8 +38,18 @@ log = get_logger(__name__)
 SELECTED_QUERY_CHARS = 1500
 #: A question's embedding normally takes ~100 ms; past this (or the stream idle timeout) use BM25 alone.
 EMBED_QUERY_TIMEOUT_S = 5.0
-#: Candidates fetched for the relevance gate, as a multiple of the passages finally used.
-CANDIDATE_FACTOR = 2
+#: Candidates fetched for ranking and the relevance gate, as a multiple of the passages finally used.
+CANDIDATE_FACTOR = 4
+#: How much the store's hybrid order weighs against the local model's similarity when ranking.
+FUSED_WEIGHT = 0.3
+#: `section_kind` values written at ingestion (shared.chunking).
+SECTION_EXPLAINS = "explains"
+SECTION_ASKS = "asks"
+#: Words that frame a question rather than name its subject ("tell me about LiDAR", "what do I need"):
+#: left out of term coverage, so the subject decides.
+QUESTION_FRAME_TERMS = frozenset(
+    {"tell", "explain", "describ", "need", "use", "work", "mean", "exampl", "give", "show", "know", "learn"}
+)
 #: Vector-store queries in flight per process: `EMBEDDED_STORE_CONCURRENCY` (shared.constants) for the
 #: embedded store; a server takes many more.
 SERVER_STORE_CONCURRENCY = 64
@@ -60,6 +71,8 @@ class Passage:
     sparse_score: float | None = None
     coverage: float = 0.0
     heading_path: list[str] = field(default_factory=list)
+    semantic_score: float | None = None
+    section_kind: str = "explains"
 
 
 def _store_gate(services: Services) -> asyncio.Semaphore:
@@ -87,12 +100,60 @@ def _terms(text: str) -> frozenset[str]:
     return frozenset(tokenize(text))
 
 
-def _relevant(passage: Passage, *, min_dense: float, min_coverage: float) -> bool:
-    if passage.coverage >= min_coverage:
+def _relevant(passage: Passage, *, gate: Gate) -> bool:
+    if passage.coverage >= gate.min_coverage:
         return True
-    # A close embedding rescues a paraphrase, but only with some shared vocabulary: embeddings alone
-    # also score "the capital of France" against any passage that shares its sentence shape.
-    return passage.dense_score is not None and passage.dense_score >= min_dense and passage.coverage > 0
+    if passage.semantic_score is not None and passage.semantic_score >= gate.min_semantic:
+        return True
+    # The operator's own embedding model may admit a paraphrase too, with some shared vocabulary:
+    # embeddings alone also score "the capital of France" against any passage of the same sentence shape.
+    return passage.dense_score is not None and passage.dense_score >= gate.min_dense and passage.coverage > 0
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The relevance gate's bars for one query."""
+
+    min_coverage: float
+    min_semantic: float
+    min_dense: float
+
+
+def _gate(services: Services, *, min_dense_score: float | None, min_term_coverage: float | None) -> Gate:
+    """Offline the gate is the last word, so it asks for a clearly relevant passage. Online the model reads
+    the passages with the instruction to say when they do not answer, so only the clearly off-topic is
+    refused before it (the lower semantic bar)."""
+    settings = services.settings
+    llm_ready = services.openai is not None and not services.resilience.is_open(Upstream.OPENAI)
+    return Gate(
+        min_coverage=settings.retrieval_min_term_coverage if min_term_coverage is None else min_term_coverage,
+        min_semantic=settings.retrieval_offtopic_semantic_score if llm_ready else settings.retrieval_min_semantic_score,
+        min_dense=settings.retrieval_min_dense_score if min_dense_score is None else min_dense_score,
+    )
+
+
+def _section_key(passage: Passage) -> tuple[str, str]:
+    return passage.source, passage.url or passage.heading or ""
+
+
+def _rank(passages: list[Passage]) -> list[Passage]:
+    """Best first: explaining sections before sections that ask (review questions, objectives, reading
+    lists), then by semantic similarity blended with the fused rank; one passage per section."""
+    count = len(passages)
+    keyed: list[tuple[bool, float, Passage]] = []
+    for position, passage in enumerate(passages):
+        fused = 1.0 - position / max(count, 1)  # the store's hybrid order, as a 0..1 score
+        semantic = passage.semantic_score or 0.0
+        keyed.append((passage.section_kind == SECTION_ASKS, -(FUSED_WEIGHT * fused + semantic), passage))
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    ranked: list[Passage] = []
+    seen: set[tuple[str, str]] = set()
+    for _, _, passage in keyed:
+        key = _section_key(passage)
+        if key not in seen:
+            seen.add(key)
+            ranked.append(passage)
+    return ranked
 
 
 async def retrieve(
@@ -104,7 +165,8 @@ async def retrieve(
     min_dense_score: float | None = None,
     min_term_coverage: float | None = None,
 ) -> list[Passage]:
-    """The passages that clear the relevance gate, best first (at most `limit`, default RETRIEVAL_TOP_K).
+    """The passages that clear the relevance gate, best first, one per section (at most `limit`, default
+    RETRIEVAL_TOP_K).
 
     Raises `UpstreamUnavailable` when the vector store is failing (at once when its breaker is open); a
     failing, slow or breaker-blocked embeddings API degrades to BM25-only retrieval instead.
@@ -116,8 +178,7 @@ async def retrieve(
     # An open `qdrant` breaker refuses at once, before an embeddings call is spent on the query.
     services.resilience.ensure_available(Upstream.QDRANT)
     top_k = limit or settings.retrieval_top_k
-    min_dense = settings.retrieval_min_dense_score if min_dense_score is None else min_dense_score
-    min_coverage = settings.retrieval_min_term_coverage if min_term_coverage is None else min_term_coverage
+    gate = _gate(services, min_dense_score=min_dense_score, min_term_coverage=min_term_coverage)
 
     selected = selected_text.strip()
     text = f"{query}\n\n{selected[:SELECTED_QUERY_CHARS]}" if selected else query
@@ -138,15 +199,17 @@ async def retrieve(
         hits = await store.query(dense=dense, sparse=encode_query(text), limit=top_k * CANDIDATE_FACTOR)
     queried = time.perf_counter()
 
-    question_terms = set(tokenize(query))
+    question_terms = set(tokenize(query)) - QUESTION_FRAME_TERMS
     selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
+    haystacks = [_haystack(hit) for hit in hits]
+    semantic = await services.semantic.similarities(text, haystacks)
+    local_dense = services.embedder is services.semantic
     passages: list[Passage] = []
-    for hit in hits:
-        haystack = f"{hit.title or ''}\n{' '.join(hit.heading_path or [])}\n{hit.heading or ''}\n{hit.content}"
+    for hit, haystack, similarity in zip(hits, haystacks, semantic, strict=True):
         coverage = term_coverage(question_terms, haystack)
         if selected_terms:
             coverage = max(coverage, term_coverage(selected_terms, haystack))
-        score = hit.dense_score if hit.dense_score is not None else coverage
+        score = hit.dense_score if hit.dense_score is not None else similarity
         passages.append(
             Passage(
                 source=hit.source,
@@ -156,21 +219,32 @@ async def retrieve(
                 content=hit.content,
                 score=float(score),
                 fused_score=float(hit.score),
-                dense_score=hit.dense_score,
+                # The local model's cosine is the gate's semantic signal; the operator's own model's is kept
+                # apart (its scale differs per model).
+                dense_score=None if local_dense else hit.dense_score,
                 sparse_score=hit.sparse_score,
+                semantic_score=similarity,
                 coverage=coverage,
                 heading_path=list(hit.heading_path or []),
+                section_kind=str(hit.payload.get("section_kind") or SECTION_EXPLAINS),
             )
         )
-    kept = [p for p in passages if _relevant(p, min_dense=min_dense, min_coverage=min_coverage)][:top_k]
+    kept = [p for p in _rank(passages) if _relevant(p, gate=gate)][:top_k]
     log.info(
         "retrieval.done",
+        search_query=query,
         candidates=len(passages),
         kept=len(kept),
         dense=dense is not None,
-        best_dense=max((p.dense_score or 0.0 for p in passages), default=0.0),
-        best_coverage=max((p.coverage for p in passages), default=0.0),
+        best_semantic=round(max(semantic, default=0.0), 3),
+        best_coverage=round(max((p.coverage for p in passages), default=0.0), 3),
         embed_ms=round((embedded - started) * 1000, 1),
         query_ms=round((queried - embedded) * 1000, 1),
+        total_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return kept
+
+
+def _haystack(hit: ScoredChunk) -> str:
+    """What a passage says, with where it sits: the text coverage and the semantic model look at."""
+    return f"{hit.title or ''}\n{' '.join(hit.heading_path or [])}\n{hit.heading or ''}\n{hit.content}"

@@ -51,6 +51,9 @@ class ChatResponse(BaseModel):
     sources: list[str]
     citations: list[dict[str, Any]]
     mode: str
+    search_query: str | None = Field(
+        None, description="The standalone query used for retrieval when a follow-up was rewritten."
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -74,6 +77,7 @@ async def chat(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> 
         sources=plan.sources,
         citations=plan.citations,
         mode=plan.mode,
+        search_query=turn.search_query,
     )
 
 
@@ -108,9 +112,10 @@ async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
             await ensure_session(services=services, turn=turn)  # the id in `meta` must exist even if the stream fails
             # One write for both (they are ready together): a frame's trip through the middlewares and
             # the socket costs more CPU than its bytes.
-            yield format_event("meta", {"session_id": session_id, "mode": plan.mode}) + format_event(
-                "citations", plan.citations
-            )
+            meta: dict[str, Any] = {"session_id": session_id, "mode": plan.mode}
+            if turn.search_query is not None:
+                meta["search_query"] = turn.search_query
+            yield format_event("meta", meta) + format_event("citations", plan.citations)
             meta_sent = True
             async for text in deltas:
                 if first is None:

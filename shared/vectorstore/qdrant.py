@@ -65,7 +65,7 @@ class QdrantVectorStore:
             raise ValueError("pass exactly one of client (server) or local_client (embedded)")
         self.settings = settings
         self.collection = settings.qdrant_collection
-        self.dimensions = settings.embedding_dimensions
+        self.dimensions = settings.dense_dimensions
         self.resilience = resilience
         self._client = client
         self._local = local_client

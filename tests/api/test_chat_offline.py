@@ -10,16 +10,16 @@ import pytest
 from shared.answering import OFFLINE_NOTE
 from shared.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
-from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store
+from tests.utils.chat_corpus import chat_app, chat_settings, offline_corpus_store
 from tests.utils.sse import iter_events
 
-__all__ = ["corpus_store"]
+__all__ = ["offline_corpus_store"]
 
 
 @pytest.fixture(scope="module")
-async def client(corpus_store: VectorStore) -> AsyncIterator[httpx.AsyncClient]:
+async def client(offline_corpus_store: VectorStore) -> AsyncIterator[httpx.AsyncClient]:
     """An app with no LLM configured, over the indexed corpus."""
-    async with chat_app(chat_settings(openai_base_url=None, offline=True), corpus_store) as (app, http):
+    async with chat_app(chat_settings(openai_base_url=None, offline=True), offline_corpus_store) as (app, http):
         assert app.state.services.openai is None
         yield http
 

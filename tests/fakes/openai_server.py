@@ -2,7 +2,8 @@
 
 It is a real HTTP server on loopback, so the real `openai` SDK talks to it. Switches (set through
 `FakeOpenAI.configure(...)` in-process, or `POST /_control` from another process) inject faults:
-`fault` = "500" | "429" | "401" | "stall" | "drop" for `fault_seconds` (or until cleared), `latency_ms`
+`fault` = "500" | "429" | "401" | "stall" | "drop" for `fault_seconds` (or until cleared), `rewrite_fault` the
+same for follow-up rewrite calls only (`rewrite_reply` sets their answer), `latency_ms`
 per request, `token_delay_ms` between streamed tokens (on a fixed schedule: token i is due i x delay after
 the stream opened, so a busy test machine does not slow the "model" down), `reply` (the text the model answers).
 Every request is recorded (`requests`), with the prompts it carried; streams that the client abandoned
@@ -74,6 +75,8 @@ class FakeState:
     token_delay_ms: float = 0.0
     tokens: int | None = None
     reply: str | None = None
+    rewrite_reply: str | None = None
+    rewrite_fault: str | None = None
     dims: int = 1536
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled_streams: int = 0
@@ -87,7 +90,24 @@ class FakeState:
         return self.fault
 
 
+#: How Lectern's follow-up rewrite prompt starts (shared.followup.REWRITE_SYSTEM_PROMPT).
+REWRITE_PROMPT_START = "You rewrite a reader's follow-up question"
+
+
+def _is_rewrite(messages: list[dict[str, Any]]) -> bool:
+    """True for Lectern's follow-up rewrite call (as opposed to an answer)."""
+    system = next((str(m.get("content") or "") for m in messages if m.get("role") == "system"), "")
+    return system.startswith(REWRITE_PROMPT_START)
+
+
 def _reply_for(state: FakeState, messages: list[dict[str, Any]]) -> str:
+    if _is_rewrite(messages):
+        if state.rewrite_reply is not None:
+            return state.rewrite_reply
+        # A deterministic stand-in for a model's rewrite: the follow-up plus the earlier questions.
+        prompt = str(messages[-1].get("content") or "")
+        lines = [ln.split(": ", 1)[1] for ln in prompt.splitlines() if ln.startswith(("Earlier question", "Follow-up"))]
+        return " ".join(lines[-1:] + lines[:-1])
     if state.reply is not None:
         return state.reply
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {"content": ""})
@@ -190,6 +210,9 @@ def build_app(state: FakeState) -> Starlette:
         if fault == "drop":
             return _DroppedResponse()
         if fault and (response := await fault_response(fault)) is not None:
+            return response
+        rewrite_fault = state.rewrite_fault if _is_rewrite(body.get("messages", [])) else None
+        if rewrite_fault and (response := await fault_response(rewrite_fault)) is not None:
             return response
         text = _reply_for(state, body.get("messages", []))
         model = body.get("model", "fake-chat")
@@ -311,14 +334,24 @@ def _apply(state: FakeState, options: dict[str, Any]) -> None:
         if options.get("reset"):
             state.requests.clear()
             state.cancelled_streams = state.completed_streams = state.fault_responses = 0
-            state.fault = state.fault_until = state.reply = state.tokens = None
+            state.fault = state.fault_until = state.reply = state.rewrite_reply = state.rewrite_fault = None
+            state.tokens = None
             state.latency_ms = state.token_delay_ms = 0.0
             state.retry_after = 1
         if "fault" in options:
             state.fault = options["fault"]
             seconds = options.get("fault_seconds")
             state.fault_until = time.monotonic() + float(seconds) if seconds else None
-        for key in ("retry_after", "latency_ms", "token_delay_ms", "tokens", "reply", "dims"):
+        for key in (
+            "retry_after",
+            "latency_ms",
+            "token_delay_ms",
+            "tokens",
+            "reply",
+            "rewrite_reply",
+            "rewrite_fault",
+            "dims",
+        ):
             if key in options:
                 setattr(state, key, options[key])
         if options.get("clear_requests"):

@@ -168,3 +168,14 @@ async def corpus_store(fake_openai: Any) -> AsyncIterator[VectorStore]:
     assert services.vectorstore is not None
     yield services.vectorstore
     await services.aclose()
+
+
+@pytest.fixture(scope="module")
+async def offline_corpus_store() -> AsyncIterator[VectorStore]:
+    """A local-mode Qdrant holding the whole textbook as offline mode indexes it (the bundled local model's
+    dense vectors + BM25), per test module."""
+    services, chunks = await indexed_store(chat_settings(openai_base_url=None, offline=True))
+    assert chunks > 100
+    assert services.vectorstore is not None
+    yield services.vectorstore
+    await services.aclose()
