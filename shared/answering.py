@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from shared.clients import Services
 from shared.errors import LlmUnavailable, UpstreamMisconfigured, UpstreamUnavailable
-from shared.llm import LlmStalled, Message, complete, open_stream
 from shared.extractive import compose_extractive
+from shared.llm import LlmStalled, Message, complete, open_stream
 from shared.logging import get_logger
 from shared.resilience import Upstream
 from shared.retrieval import Passage

@@ -41,6 +41,9 @@ MAX_LABEL_WORDS = 4
 RELATIVE_FLOOR = 0.4
 DEFINITION_BONUS = 0.3
 RANK_BONUS = 0.15
+LENGTH_NORM = 0.25
+#: A sentence that introduced a listing is quoted only when better ones are missing.
+WEAK_FACTOR = 0.5
 #: Sentences of the best section quoted when none shares a term with the question.
 FALLBACK_SENTENCES = 2
 #: A list joins the sentence that introduces it ("..., providing:") only while the result stays a sentence.
@@ -147,6 +150,7 @@ def _container_blocks(node: SyntaxTreeNode, blocks: list[_Block], *, in_list: bo
             following = children[index + 1] if index + 1 < len(children) else None
             if (
                 text.endswith(":")
+                and len(text.split()) > MAX_LABEL_WORDS  # "Key features:" is a label, not a sentence to finish
                 and following is not None
                 and following.type in ("bullet_list", "ordered_list")
                 and (items := _joinable_items(following)) is not None
@@ -224,14 +228,20 @@ def _clip(sentence: str) -> str:
     return sentence[:MAX_SENTENCE_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + "\u2026"
 
 
-def _answer_sentences(block: _Block) -> list[str]:
-    """The sentences of a block worth quoting: no fragments, labels, list lead-ins or questions."""
-    if block.kind in ("lead", "code"):
+def _answer_sentences(block: _Block) -> list[tuple[str, bool]]:
+    """The sentences of a block worth quoting, each with whether it introduced a listing or table
+    (weak: "X differs in several key ways:" points at what is not quoted). No fragments, labels,
+    list lead-ins or questions."""
+    if block.kind == "code":
         return []
-    kept: list[str] = []
-    for raw in _split_sentences(block.text):
+    sentences = _split_sentences(block.text)
+    if block.kind == "lead":
+        sentences = sentences[:-1]  # "..., Physical AI systems must:" says nothing without its list
+    kept: list[tuple[str, bool]] = []
+    for raw in sentences:
         sentence = _LINE_MARKER.sub("", raw).strip()
-        if sentence.endswith(":") and len(sentence.split()) > MAX_LABEL_WORDS:
+        weak = sentence.endswith(":")
+        if weak and len(sentence.split()) > MAX_LABEL_WORDS:
             # "LiDAR systems provide 3D spatial information ...:" before a listing is often the only prose
             # a section has; it stands as a sentence. "Example:" and other labels do not.
             sentence = sentence[:-1].rstrip() + "."
@@ -239,7 +249,7 @@ def _answer_sentences(block: _Block) -> list[str]:
             sentence += "."  # a list item is quoted as a sentence of prose
         if len(sentence) < MIN_SENTENCE_CHARS or sentence.endswith((":", "?")):
             continue
-        kept.append(_clip(sentence))
+        kept.append((_clip(sentence), weak))
     return kept
 
 
@@ -252,7 +262,7 @@ _CODE_REQUEST = re.compile(
     re.IGNORECASE,
 )
 _DEFINITION_QUESTION = re.compile(
-    r"^\s*(?:what\s+(?:is|are|was|were)|what's|define|explain)\s+(?:an?\s+|the\s+)?(?P<subject>[^?]+?)\s*[?.!]*\s*$",
+    r"^\s*(?:what\s+(?:is|are|was|were)|what's|define|explain|describe|tell\s+me\s+about)\s+(?:an?\s+|the\s+)?(?P<subject>[^?]+?)\s*[?.!]*\s*$",
     re.IGNORECASE,
 )
 
@@ -270,8 +280,9 @@ def asks_for_code(query: str) -> bool:
 
 
 def _definition_subject(query: str) -> list[str]:
-    """The analysed terms of X in "what is X?" (empty for other questions)."""
-    match = _DEFINITION_QUESTION.match(query)
+    """The analysed terms of X in "what is X?", "tell me about X" (empty for other questions)."""
+    # Only the first question counts: a follow-up's resolved subject may be appended after it.
+    match = _DEFINITION_QUESTION.match(query.split("?", 1)[0])
     return tokenize(match.group("subject")) if match else []
 
 
@@ -293,7 +304,9 @@ class _Candidate:
     order: int  # reading order within the section
     text: str
     terms: frozenset[str]
+    length: int  # analysed terms, counting repeats
     defines: bool
+    weak: bool  # it introduced a listing or table that is not quoted
 
 
 def _sections(passages: Sequence[Passage]) -> tuple[list[int], list[list[int]]]:
@@ -318,13 +331,18 @@ def _score(candidates: list[_Candidate], query_terms: set[str]) -> list[float]:
     # Rarer question terms say more about what is asked ("ZMP" over "robot"); an absent term weighs most.
     idf = {term: math.log(1.0 + total / max(count, 0.5)) for term, count in df.items()}
     weight = sum(idf.values()) or 1.0
+    average = sum(c.length for c in candidates) / max(total, 1) or 1.0
     scores: list[float] = []
     for c in candidates:
         overlap = sum(idf[t] for t in query_terms & c.terms) / weight
+        # Mild BM25-style length normalisation, for long sentences only: a run-on ("you will be able to:
+        # a; b; c; ...") matches many questions by sheer size; a short fragment is not better for it.
+        overlap /= max(1.0, 1 - LENGTH_NORM + LENGTH_NORM * c.length / average)
         if overlap == 0:
             scores.append(0.0)  # bonuses only order sentences that share something with the question
             continue
-        scores.append(overlap + DEFINITION_BONUS * c.defines + RANK_BONUS / (1 + c.section))
+        score = overlap + DEFINITION_BONUS * c.defines + RANK_BONUS / (1 + c.section)
+        scores.append(score * WEAK_FACTOR if c.weak else score)
     return scores
 
 
@@ -356,7 +374,7 @@ def _fallback(candidates: list[_Candidate]) -> list[_Candidate]:
     if not candidates:
         return []
     section = min(c.section for c in candidates)
-    opening = sorted((c for c in candidates if c.section == section), key=lambda c: c.order)
+    opening = sorted((c for c in candidates if c.section == section), key=lambda c: (c.weak, c.order))
     chosen = [opening[0]]
     for c in opening[1:FALLBACK_SENTENCES]:
         if sum(len(x.text) + 1 for x in chosen) + len(c.text) <= MAX_CHARS:
@@ -385,8 +403,9 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
 
     `note` is the first line (why this is not a generated answer). Then the chosen sentences as one
     paragraph, grouped by section in rank order, each group followed by its marker [n]; passages with
-    the same source and heading are one section with one marker. When the question asks for code, the
-    best passage's first code block follows, fenced, with its marker. `used` maps markers to passages,
+    the same source and heading are one section with one marker. When the question asks for code, a
+    code block follows, fenced, with its marker (the best passage's first, or the first under a heading
+    that names the question's topic). `used` maps markers to passages,
     so the citations shown can be exactly the ones the answer quotes.
     """
     first, members = _sections(passages)
@@ -400,13 +419,17 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
             for block in parsed[i]:
                 if block.kind == "code":
                     continue
-                for sentence in _answer_sentences(block):
+                for sentence, weak in _answer_sentences(block):
                     key = " ".join(sentence.lower().split())
                     if key in seen:
                         continue  # consecutive chunks of a section overlap
                     seen.add(key)
                     terms = tokenize(sentence)
-                    candidates.append(_Candidate(section, order, sentence, frozenset(terms), _defines(terms, subject)))
+                    candidates.append(
+                        _Candidate(
+                            section, order, sentence, frozenset(terms), len(terms), _defines(terms, subject), weak
+                        )
+                    )
                     order += 1
 
     chosen = _choose(candidates, _score(candidates, set(tokenize(query))))
@@ -420,7 +443,7 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
     parts = [note.strip(), ""]
     if groups:
         parts.append(" ".join(groups))
-    code = _code_block(query, parsed, members) if asks_for_code(query) else None
+    code = _code_block(query, passages, parsed, members) if asks_for_code(query) else None
     if code is not None:
         section, block = code
         if section not in markers:
@@ -432,28 +455,33 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
     if not markers and passages:
         # Every passage is code or headings: say where to look rather than quote fragments of a listing.
         markers[0] = 1
-        where = passages[0].heading or passages[0].title or passages[0].source
+        where = " ".join(plain_text_blocks(passages[0].heading or passages[0].title or "", keep_code=False))
+        where = where or passages[0].source
         parts.append(
-            f'The closest section of the book, "{where}", is mostly code, with little explanation to quote. [1]'
+            f'The closest section of the book, "{where}", is mostly code or tables, with no explanation to quote here. [1]'
         )
     used = [first[section] for section, _ in sorted(markers.items(), key=lambda item: item[1])]
     return Extract(text="\n".join(parts).rstrip() + "\n", used=used)
 
 
-def _code_block(query: str, parsed: list[list[_Block]], members: list[list[int]]) -> tuple[int, _Block] | None:
-    """The code block to quote, with its section: the one sharing most of the question's topic terms
-    ("publisher" finds `create_publisher`), else the best passage's first; ties go to the better passage.
+def _code_block(
+    query: str, passages: Sequence[Passage], parsed: list[list[_Block]], members: list[list[int]]
+) -> tuple[int, _Block] | None:
+    """The code block to quote, with its section: the first of the best passage that has code, unless a
+    lower passage's heading names the question's topic ("Creating a Subscriber") and the best one's
+    does not; a retrieved chunk's first listing is as often a setup file as the thing asked about.
 
-    A retrieved section's first listing is often a setup file or imports; the question's own words
-    pick the listing it is about.
+    Headings, not code, are matched: they are the author's words for what a listing does, while
+    identifiers stem poorly ("create_subscription" is not "subscriber").
     """
     wanted = set(tokenize(query)) - _CODE_WORDS
     section_of = {i: section for section, indices in enumerate(members) for i in indices}
-    best: tuple[int, int, int] | None = None  # (-shared terms, passage, block)
+    best: tuple[int, int, int] | None = None  # (-heading terms named, passage, block)
     for i, blocks in enumerate(parsed):
+        heading = tokenize(" ".join([*passages[i].heading_path, passages[i].heading or ""]))
         for j, block in enumerate(blocks):
             if block.kind == "code" and block.text.strip():
-                key = (-len(wanted & set(tokenize(block.text))), i, j)
+                key = (-len(wanted & set(heading)), i, j)
                 best = key if best is None or key < best else best
     if best is None:
         return None

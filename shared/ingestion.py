@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from arq.connections import ArqRedis
 from sqlmodel import col, select
 
-from shared.chunking import Chunk, chunk_markdown
+from shared.chunking import CHUNKER_VERSION, Chunk, chunk_markdown
 from shared.config import Settings
 from shared.constants import JOB_INGEST, QUEUE_NAME
 from shared.db.engine import SessionFactory, session_scope
@@ -366,7 +366,9 @@ class _JobRunner:
         self.store = store
         self.embedder = embedder
         self.job_id = job_id
-        self.signature = embedder.signature if embedder is not None else SPARSE_ONLY
+        vectors = embedder.signature if embedder is not None else SPARSE_ONLY
+        # What the stored chunks were made with: another embedder or chunker means rewriting them.
+        self.signature = f"{vectors};chunker={CHUNKER_VERSION}"
         self.outcome = JobOutcome(job_id=job_id, status=STATUS_RUNNING)
 
     async def prepare(self, row: IngestJobDocument) -> _Prepared | None:

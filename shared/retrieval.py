@@ -22,6 +22,8 @@ import functools
 import time
 from dataclasses import dataclass, field
 
+from shared.chunking import ASKS as SECTION_ASKS
+from shared.chunking import EXPLAINS as SECTION_EXPLAINS
 from shared.clients import Services
 from shared.constants import EMBEDDED_STORE_CONCURRENCY
 from shared.errors import UpstreamUnavailable
@@ -42,9 +44,6 @@ EMBED_QUERY_TIMEOUT_S = 5.0
 CANDIDATE_FACTOR = 4
 #: How much the store's hybrid order weighs against the local model's similarity when ranking.
 FUSED_WEIGHT = 0.3
-#: `section_kind` values written at ingestion (shared.chunking).
-SECTION_EXPLAINS = "explains"
-SECTION_ASKS = "asks"
 #: Words that frame a question rather than name its subject ("tell me about LiDAR", "what do I need"):
 #: left out of term coverage, so the subject decides.
 QUESTION_FRAME_TERMS = frozenset(

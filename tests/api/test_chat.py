@@ -169,7 +169,8 @@ async def test_open_llm_breaker_falls_back_to_extractive(
     assert body["mode"] == "extractive"
     assert body["response"].startswith(LLM_DOWN_NOTE)
     assert body["citations"]
-    assert "> " in body["response"]
+    assert "[1]" in body["response"]
+    assert "\n> " not in body["response"]
     assert _chat_requests(fake_openai) == []
 
 

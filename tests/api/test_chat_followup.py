@@ -44,9 +44,7 @@ def client(app_client: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenA
 
 def _rewrites(fake: FakeOpenAI) -> list[dict[str, Any]]:
     return [
-        r
-        for r in fake.requests_to("/chat/completions")
-        if r["body"]["messages"][0]["content"] == REWRITE_SYSTEM_PROMPT
+        r for r in fake.requests_to("/chat/completions") if r["body"]["messages"][0]["content"] == REWRITE_SYSTEM_PROMPT
     ]
 
 
@@ -129,7 +127,8 @@ async def test_off_topic_is_refused_without_any_model_call(client: httpx.AsyncCl
     for question in ("What is the capital of France?", "How do I bake sourdough bread?"):
         body = (await client.post("/chat", json={"query": question})).json()
         assert body["response"] == NOT_COVERED
-        assert body["citations"] == [] and body["sources"] == []
+        assert body["citations"] == []
+        assert body["sources"] == []
     assert fake_openai.requests_to("/chat/completions") == []
 
 
@@ -142,10 +141,12 @@ async def test_a_declined_answer_is_shown_and_stored_without_citations(
     headers = await sign_up(client)
     plain = (await client.post("/chat", json={"query": "How fast can a humanoid robot run?"}, headers=headers)).json()
     assert plain["response"] == NOT_COVERED
-    assert plain["citations"] == [] and plain["sources"] == []
+    assert plain["citations"] == []
+    assert plain["sources"] == []
     streamed = await _stream(client, {"query": "How fast can a humanoid robot run?"}, headers)
     assert streamed["text"] == NOT_COVERED
     assert streamed["citations"] == []
     session = (await client.get(f"/api/chat/sessions/{streamed['meta']['session_id']}", headers=headers)).json()
     [answer] = [m for m in session["messages"] if m["role"] == "assistant"]
-    assert answer["citations"] == [] and answer["sources"] == []
+    assert answer["citations"] == []
+    assert answer["sources"] == []

@@ -158,7 +158,7 @@ async def test_upstream_down_before_first_token_falls_back(
     assert named[0].json()["mode"] == "extractive"
     assert named[1].json()
     assert named[-1].event == "done"
-    assert "> " in "".join(e.json()["text"] for e in named if e.event == "delta")
+    assert "[1]" in "".join(e.json()["text"] for e in named if e.event == "delta")
 
 
 async def test_validation_and_ownership_fail_before_streaming(client: httpx.AsyncClient) -> None:

@@ -14,7 +14,6 @@ from shared.answering import (
     NOT_COVERED,
     OFFLINE_NOTE,
     citation_of,
-    extractive_answer,
     plan_answer,
     source_label,
 )
@@ -147,10 +146,16 @@ def test_selected_text_alone_is_answered_not_refused(services: Services) -> None
     assert "Zero moment point." in plan.messages[-1]["content"]
 
 
-def test_extractive_answer_picks_matching_sentences() -> None:
-    """The quoted sentences are the ones sharing the most terms with the question."""
-    text = extractive_answer("cancel goal", [passage()])
-    assert "A client can cancel an action goal before it finishes." in text
+def test_offline_plan_quotes_matching_sentences_and_cites_what_it_quotes(services: Services) -> None:
+    """Offline, the answer is the sentences bearing on the question, and the citations are only the
+    sections the answer quotes, once each."""
+    offline = dataclasses.replace(services, openai=None)
+    twin = passage(content="Topics stream messages between nodes without waiting for an answer.")
+    other = passage(heading="Installing ROS 2", content="Install with apt on Ubuntu 22.04 and source the setup file.")
+    plan = plan_answer(services=offline, query="cancel goal", passages=[passage(), twin, other])
+    assert plan.mode == "extractive"
+    assert "A client can cancel an action goal before it finishes. [1]" in (plan.text or "")
+    assert len(plan.citations) == len(plan.sources) == 1
 
 
 def test_code_is_protected_and_restored() -> None:

@@ -1,12 +1,13 @@
-"""The markdown chunker on tricky input: fences with # lines, lists, tables, front matter, slugs, sizes."""
+"""The markdown chunker on tricky input: fences, lists, tables, front matter, slugs, sizes, section kinds."""
 
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
-from shared.chunking import Chunk, chunk_markdown, docs_url, heading_slug, parse_front_matter
+from shared.chunking import ASKS, EXPLAINS, Chunk, chunk_markdown, docs_url, heading_slug, parse_front_matter
 from tests.utils.corpus import corpus_dir
 
 SITE = "https://book.example"
@@ -176,6 +177,7 @@ def test_content_hash_changes_with_content_and_context() -> None:
         "url",
         "content",
         "content_hash",
+        "section_kind",
     }
 
 
@@ -200,3 +202,368 @@ def test_real_corpus_chunks_are_sane() -> None:
             assert chunk.content.count("```") % 2 == 0
             assert chunk.url is not None
             assert chunk.url.startswith(f"{SITE}/docs/{source.removesuffix('.md')}")
+
+
+def kinds_of(text: str) -> dict[str, str]:
+    """heading -> section_kind of every chunk of a synthetic page."""
+    chunks = chunk_markdown(text, source="week1/page.md", site_url=SITE).chunks
+    return {c.heading or "": c.section_kind for c in chunks}
+
+
+def body_of(chunk: Chunk) -> str:
+    """A chunk's content without its heading lines."""
+    return "\n".join(line for line in chunk.content.split("\n") if not re.match(r"#{1,6} ", line)).strip()
+
+
+# --- parsing edge cases ---------------------------------------------------------------------------------
+
+
+def test_setext_headings_open_sections() -> None:
+    """`===` and `---` underlines make H1/H2 headings; a `---` after a blank line is a rule, not a heading."""
+    text = "Book Title\n==========\n\nIntro.\n\nFirst Part\n----------\n\nAlpha.\n\n---\n\nStill first part.\n"
+    parsed = chunk_markdown(text, source="week1/page.md", site_url=SITE)
+    assert parsed.title == "Book Title"
+    assert [c.heading_path for c in parsed.chunks] == [["Book Title"], ["Book Title", "First Part"]]
+    assert parsed.chunks[1].content == "## First Part\n\nAlpha.\n\nStill first part."
+    assert parsed.chunks[1].url == f"{SITE}/docs/week1/page#first-part"
+
+
+def test_hash_lines_in_an_unclosed_fence_stay_code() -> None:
+    """A fence left open runs to the end of the file: its `#` lines are code and the piece is closed again."""
+    chunks = chunks_of("# T\n\n## Setup\n\nRun:\n\n```bash\n# install\n## still code\npip install x\n")
+    assert [c.heading for c in chunks] == ["Setup"]
+    assert chunks[0].content.endswith("## still code\npip install x\n```")
+
+
+def test_chunk_text_is_the_authors_markdown() -> None:
+    """Blocks are cut from the source: emphasis, links, nested lists and table alignment survive as written."""
+    body = (
+        "Use **bold** and [a link](https://x.y/z) here.\n\n"
+        "1. one\n   - nested *item*\n2. two\n\n"
+        "| a | b |\n|:--|--:|\n| 1 | 2 |"
+    )
+    assert chunks_of(f"# T\n\n## S\n\n{body}\n")[0].content == f"## S\n\n{body}"
+
+
+def test_link_reference_definitions_are_kept() -> None:
+    """Reference definitions produce no token but the links in the text need them."""
+    chunks = chunks_of("# T\n\nSee [the docs][docs].\n\n[docs]: https://docs.example/ros\n")
+    assert "[docs]: https://docs.example/ros" in chunks[0].content
+
+
+def test_mdx_statements_spanning_lines_are_dropped() -> None:
+    """An MDX export block is dropped whole, not just its first line; prose mentioning export stays."""
+    text = "export const meta = {\n  level: 2,\n};\n\n# T\n\nWe export the model to ONNX.\n"
+    content = "\n".join(c.content for c in chunks_of(text))
+    assert "level: 2" not in content
+    assert "We export the model to ONNX." in content
+
+
+def test_front_matter_with_lists_quotes_and_blocks() -> None:
+    """Front matter is real YAML: lists, quoted strings with colons, folded text; dates become ISO strings."""
+    text = (
+        "---\n"
+        "title: \"Nodes: the 'basics'\"\n"
+        "sidebar_position: 2\n"
+        "id: nodes-basics\n"
+        "tags: [ros2, 'nodes']\n"
+        'keywords:\n  - ROS 2\n  - "DDS"\n'
+        "description: >\n  Nodes, topics\n  and more.\n"
+        "last_update: 2025-03-01\n"
+        "---\n\n# Heading\n\nBody.\n"
+    )
+    parsed = chunk_markdown(text, source="week3/nodes.md", site_url=SITE)
+    assert parsed.title == "Nodes: the 'basics'"
+    assert parsed.metadata["sidebar_position"] == 2
+    assert parsed.metadata["tags"] == ["ros2", "nodes"]
+    assert parsed.metadata["keywords"] == ["ROS 2", "DDS"]
+    assert parsed.metadata["description"] == "Nodes, topics and more.\n"
+    assert parsed.metadata["last_update"] == "2025-03-01"
+    assert parsed.url == f"{SITE}/docs/week3/nodes-basics"
+    assert all("sidebar_position" not in c.content and "keywords" not in c.content for c in parsed.chunks)
+
+
+@pytest.mark.parametrize(
+    "front",
+    ["title: [unclosed\nslug: x", "- just\n- a list", "title: 'a' 'b'", ": : :"],
+    ids=["bad-flow", "not-a-mapping", "bad-quote", "colons"],
+)
+def test_malformed_front_matter_is_no_metadata_but_keeps_the_body(front: str) -> None:
+    """YAML that does not parse to a mapping gives no metadata; the body is still chunked, the YAML is not."""
+    parsed = chunk_markdown(f"---\n{front}\n---\n\n# Body H1\n\nThe text.", source="a/b.md", site_url=SITE)
+    assert parsed.metadata == {}
+    assert parsed.title == "Body H1"
+    assert [c.content for c in parsed.chunks] == ["# Body H1\n\nThe text."]
+    assert parse_front_matter(f"---\n{front}\n---\nBody") == ({}, "Body")
+
+
+# --- packing --------------------------------------------------------------------------------------------
+
+
+def test_no_chunk_is_a_heading_alone() -> None:
+    """A heading over an oversized code block shares a chunk with its first piece; a heading with only
+    subsections (or only a rule) makes no chunk and lives on in the subsections' paths."""
+    code = "```python\n" + "\n".join(f"value_{i} = compute({i})" for i in range(80)) + "\n```"
+    text = f"# T\n\n## Parent\n\n### Child\n\n{code}\n\n## Ruled\n\n---\n\n## Last\n\nText."
+    chunks = chunks_of(text, chunk_size=600, overlap=100)
+    assert all(body_of(c) for c in chunks)
+    assert chunks[0].content.startswith("### Child\n\n```python\nvalue_0")
+    assert {c.heading for c in chunks} == {"Child", "Last"}
+    assert chunks[0].heading_path == ["T", "Parent", "Child"]
+
+
+def test_split_code_pieces_are_even() -> None:
+    """An oversized fence is cut into even pieces, not full pieces and a scrap of a line or two."""
+    code = "```python\n" + "\n".join(f"line_{i:03d} = {i}" for i in range(100)) + "\n```"
+    sizes = [len(c.content) for c in chunks_of(f"# T\n\n{code}", chunk_size=1000)]
+    assert len(sizes) == 2
+    assert min(sizes) > 0.8 * max(sizes)
+
+
+def test_split_prose_really_overlaps() -> None:
+    """Each piece of a long paragraph starts with the tail (a sentence or so) of the piece before it."""
+    sentences = " ".join(f"Sentence {i} explains idea {i * 7} of the chapter." for i in range(60))
+    chunks = chunks_of(f"# T\n\n## Long\n\n{sentences}", chunk_size=500, overlap=120)
+    assert len(chunks) > 4
+    for first, second in itertools.pairwise(chunks):
+        shared = next(n for n in range(len(second.content), 0, -1) if first.content.endswith(second.content[:n]))
+        assert 40 <= shared <= 120
+        assert len(second.content) <= 500
+
+
+def test_oversized_list_is_split_between_items() -> None:
+    """A list too big for a chunk is cut between items, never inside one."""
+    items = "".join(f"- Item {i} describes one more property of the robot arm in a sentence.\n" for i in range(40))
+    chunks = chunks_of(f"# T\n\n## Props\n\n{items}", chunk_size=700, overlap=0)
+    assert len(chunks) > 2
+    for chunk in chunks:
+        assert all(line.startswith(("- Item", "## Props")) for line in chunk.content.split("\n") if line)
+        assert len(chunk.content) <= 700
+
+
+# --- section kinds --------------------------------------------------------------------------------------
+
+SYNTHETIC = """# Mobile Robots
+
+A mobile robot moves through its world with wheels or legs.
+
+## Sensors on the robot
+
+The robot carries these sensors:
+
+- A 2D LiDAR scanning at 10 Hz over 270 degrees
+- A stereo camera giving depth up to 10 m
+- An IMU reporting acceleration and angular rate
+- Wheel encoders counting ticks for odometry
+
+## Check your understanding
+
+1. Why does a mobile robot need more than one sensor?
+2. What does the IMU measure that the encoders cannot?
+3. How would you detect wheel slip?
+
+## Where to go from here
+
+- [Nav2 documentation](https://docs.nav2.org/)
+- [ROS 2 tutorials](https://docs.ros.org/en/humble/Tutorials.html)
+- *Probabilistic Robotics* by Thrun, Burgard and Fox (2005)
+
+## Mission checklist
+
+- [ ] Charge the battery
+- [ ] Calibrate the camera
+- [x] Flash the firmware
+
+## What this chapter covers
+
+After reading it, you will be able to:
+
+- Explain how wheel odometry drifts
+- Fuse IMU and encoder readings
+- Tune a complementary filter
+
+## Installing the driver
+
+To get the LiDAR running:
+
+1. Download the driver package
+2. Install it with apt
+3. Restart the robot
+
+## Frequently asked
+
+**Why two encoders?** One per wheel: the difference between them gives the turn rate.
+
+**Why not GPS?** Indoors its signal is too weak and its error of metres is larger than a corridor.
+
+## Review of kinematics
+
+A differential drive turns by running its wheels at different speeds; the turn rate is the speed
+difference over the track width, and the forward speed is their mean.
+
+## Isaac Lab Integration
+
+Isaac Lab builds reinforcement learning environments on top of the simulator, so a policy trained
+there can drive the same robot model.
+
+## Exercises
+
+### Odometry from wheel ticks
+
+Integrate the encoder ticks into a pose and compare it with the simulator's ground truth.
+
+```python
+def integrate(ticks_left, ticks_right):
+    ...
+```
+"""
+
+
+def test_section_kind_follows_structure_not_headings() -> None:
+    """Headings outside any vocabulary are classified by their bodies: questions, references, checkboxes and
+    reader objectives ask; a feature list, a how-to, a Q&A with answers and plain prose explain."""
+    kinds = kinds_of(SYNTHETIC)
+    assert kinds == {
+        "Mobile Robots": EXPLAINS,
+        "Sensors on the robot": EXPLAINS,
+        "Check your understanding": ASKS,
+        "Where to go from here": ASKS,
+        "Mission checklist": ASKS,
+        "What this chapter covers": ASKS,
+        "Installing the driver": EXPLAINS,
+        "Frequently asked": EXPLAINS,
+        "Review of kinematics": EXPLAINS,
+        "Isaac Lab Integration": EXPLAINS,
+        "Odometry from wheel ticks": ASKS,  # inherited from the (textless) Exercises section
+    }
+
+
+def test_study_aid_names_need_a_fitting_body() -> None:
+    """A heading naming a study aid tips a bare list or a task into "asks", but not an explanation."""
+    page = (
+        "# T\n\n## Prerequisites\n\n- Basic Python\n- Linear algebra\n\n"
+        "## Lab 2: Teleoperation\n\nDrive the robot around the arena with the keyboard node.\n\n"
+        "## Resources\n\nThe controller shares CPU time with perception, so the loop rate is capped at 100 Hz "
+        "and the planner runs at a tenth of that to leave headroom for the camera pipeline.\n"
+    )
+    assert kinds_of(page) == {"Prerequisites": ASKS, "Lab 2: Teleoperation": ASKS, "Resources": EXPLAINS}
+
+
+def test_front_matter_can_mark_a_page_as_exercises() -> None:
+    """A page tagged as an exercise turns its instructions into "asks"; its background prose still explains."""
+    page = (
+        "---\ntags: [exercise, ros2]\n---\n\n# Teleop\n\nThe keyboard node maps keys to velocity commands.\n\n"
+        "## Part A\n\nRecord a bag of the robot driving a square.\n"
+    )
+    assert kinds_of(page) == {"Teleop": EXPLAINS, "Part A": ASKS}
+    assert kinds_of(page.replace("exercise", "isaac-lab"))["Part A"] == EXPLAINS
+
+
+def test_section_kind_is_in_the_payload_and_the_hash() -> None:
+    """The kind reaches the vector store payload, and a chunk whose kind changes is re-stored."""
+    asks = chunks_of("# T\n\n## Check\n\n- Why is the sky blue?\n- Why is grass green?")[0]
+    assert asks.payload()["section_kind"] == ASKS
+    twin = Chunk(**{**asks.payload(), "content_hash": "", "section_kind": EXPLAINS})
+    assert twin.content_hash != asks.content_hash
+
+
+# --- the real book --------------------------------------------------------------------------------------
+
+
+def real_chunks() -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for file in sorted(CORPUS.rglob("*.md")):
+        source = file.relative_to(CORPUS).as_posix()
+        chunks.extend(chunk_markdown(file.read_text(encoding="utf-8"), source=source, site_url=SITE).chunks)
+    return chunks
+
+
+def test_real_corpus_has_no_heading_only_chunk() -> None:
+    """Every chunk of the book carries text beyond its heading lines."""
+    assert all(body_of(c) for c in real_chunks())
+
+
+def test_real_corpus_study_aids_ask_and_topics_explain() -> None:
+    """The book's review questions, objectives, prerequisites, exercises and reading lists ask; nothing else
+    does, and the sections on Isaac Sim, LiDAR and DDS explain."""
+    chunks = real_chunks()
+    aids = ("Review Questions", "Learning Objectives", "Prerequisites", "Further Reading", "Hands-on Exercise")
+    for chunk in chunks:
+        heading = chunk.heading or ""
+        is_aid = any(aid.lower() in heading.lower() for aid in aids)
+        assert chunk.section_kind == (ASKS if is_aid else EXPLAINS), (chunk.source, heading)
+    review = [c for c in chunks if "Review Questions" in (c.heading or "")]
+    objectives = [c for c in chunks if "Learning Objectives" in (c.heading or "")]
+    assert len(review) == 13
+    assert len(objectives) == 14
+    topics = [c for c in chunks if re.search(r"Isaac Sim|LiDAR|DDS", " > ".join(c.heading_path[1:]))]
+    assert len(topics) > 20
+    assert {c.section_kind for c in topics} == {EXPLAINS}
+
+
+@pytest.mark.parametrize(
+    ("source", "heading", "url"),
+    [
+        (
+            "week3/ros2-nodes-topics.md",
+            "Quality of Service (QoS) Settings",
+            "week3/ros2-nodes-topics#quality-of-service-qos-settings",
+        ),
+        ("week3/ros2-nodes-topics.md", "DDS-Based Communication", "week3/ros2-nodes-topics#dds-based-communication"),
+        (
+            "week7/nvidia-isaac-sim.md",
+            "Method 1: Docker (Recommended)",
+            "week7/nvidia-isaac-sim#method-1-docker-recommended",
+        ),
+        (
+            "week8/nvidia-isaac-sim.md",
+            "Isaac ROS VSLAM (Visual SLAM)",
+            "week8/nvidia-isaac-sim#isaac-ros-vslam-visual-slam",
+        ),
+        ("week1/intro-physical-ai.md", "What is Physical AI?", "week1/intro-physical-ai#what-is-physical-ai"),
+        (
+            "week10/sim-to-real-transfer.md",
+            "Humanoid-Specific Sim-to-Real Considerations",
+            "week10/sim-to-real-transfer#humanoid-specific-sim-to-real-considerations",
+        ),
+        (
+            "week5/ros2-fundamentals-advanced.md",
+            "Composable Nodes (Components)",
+            "week5/ros2-fundamentals-advanced#composable-nodes-components",
+        ),
+        ("week4/ros2-services-actions.md", "Review Questions", "week4/ros2-services-actions#review-questions"),
+        (
+            "week12/humanoid-development.md",
+            "Humanoid Robot Development: Kinematics, Dynamics, and Control",
+            "week12/humanoid-development",
+        ),
+    ],
+)
+def test_real_corpus_anchors_are_unchanged(source: str, heading: str, url: str) -> None:
+    """Citation URLs of known headings are the ones the book's chunks have always had."""
+    parsed = chunk_markdown((CORPUS / source).read_text(encoding="utf-8"), source=source, site_url=SITE)
+    assert {c.url for c in parsed.chunks if c.heading == heading} == {f"{SITE}/docs/{url}"}
+
+
+@pytest.mark.parametrize(
+    ("heading", "kind"),
+    [
+        ("Learning Outcomes", ASKS),
+        ("3.2 Review Questions", ASKS),
+        ("Week 3 Exercises", ASKS),
+        ("Quizzes", ASKS),
+        ("What's Next?", ASKS),
+        ("Additional Resources", ASKS),
+        ("Self-Check", ASKS),
+        ("Isaac Lab Integration", EXPLAINS),
+        ("Reinforcement Learning with Isaac Lab", EXPLAINS),
+        ("System Resources", EXPLAINS),
+        ("Questions and Answers", EXPLAINS),
+        ("Key Features", EXPLAINS),
+    ],
+)
+def test_a_study_aid_is_named_by_the_whole_heading(heading: str, kind: str) -> None:
+    """Over the same bare list, a heading that is an aid's name (plurals, numbering, modifiers) asks; a topic
+    that merely contains an aid word explains."""
+    page = f"# T\n\n## {heading}\n\n- GPU with 8 GB of memory\n- Ubuntu 22.04 on the workstation\n"
+    assert kinds_of(page)[heading] == kind

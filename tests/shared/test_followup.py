@@ -66,6 +66,6 @@ def test_request_about_the_previous_answer_searches_the_previous_query(question:
 
 
 def test_previous_answer_of_a_follow_up_resolves_through_the_chain() -> None:
-    """"Explain that more simply" after a rewritten follow-up searches that follow-up's resolved query."""
+    """ "Explain that more simply" after a rewritten follow-up searches that follow-up's resolved query."""
     query = rule_based_query("Explain that more simply.", _history("What is Isaac Sim?", "What GPU does it need?"))
     assert query.text == "What GPU does it need? Isaac Sim"

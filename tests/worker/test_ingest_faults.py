@@ -19,7 +19,7 @@ from arq.jobs import Job
 from qdrant_client import QdrantClient
 
 from shared.config import Settings
-from shared.constants import INGEST_OWNER_PREFIX, QUEUE_NAME, WORKER_ALIVE_PREFIX
+from shared.constants import INGEST_OWNER_PREFIX, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME, WORKER_ALIVE_PREFIX
 from shared.resilience import Upstream
 from shared.sparse import encode_query
 from shared.vectorstore import CollectionMismatch, QdrantVectorStore
@@ -102,11 +102,12 @@ async def test_orphaned_job_of_dead_worker_is_released(online: IngestEnv) -> Non
     await redis.delete(in_progress_key_prefix + "live-job", INGEST_OWNER_PREFIX + "live-job")
 
 
-async def test_offline_mode_indexes_sparse_only_and_searches() -> None:
-    """Without OPENAI_API_KEY only BM25 vectors are written, and sparse search finds the right page."""
+async def test_offline_mode_indexes_local_dense_and_bm25_and_searches() -> None:
+    """Without OPENAI_API_KEY the bundled local model writes the dense vectors (256 dimensions) beside BM25,
+    and both searches find the right page."""
     settings = ingest_settings()
     async with ingest_env(settings) as env:
-        assert env.worker_services.embedder is None
+        assert env.worker_services.embedder is env.worker_services.semantic
         job = await env.client.post("/ingest")
         assert job.status_code == 202
         body = await env.wait_job(job.json()["job_id"])
@@ -114,7 +115,10 @@ async def test_offline_mode_indexes_sparse_only_and_searches() -> None:
         assert body["documents_done"] == len(list(SAMPLE.rglob("*.md")))
         snapshot = await env.snapshot()
         assert snapshot
-        assert all(dense is None and sparse for _, dense, sparse in snapshot.values())
+        assert all(
+            dense is not None and len(dense) == LOCAL_EMBEDDING_DIMENSIONS and sparse
+            for _, dense, sparse in snapshot.values()
+        )
         hits = await env.app.state.services.vectorstore.query(
             dense=None,
             sparse=encode_query("What do the integral and derivative terms of a PID controller do?"),
@@ -126,13 +130,19 @@ async def test_offline_mode_indexes_sparse_only_and_searches() -> None:
             == "https://physical-ai-textbook.vercel.app/docs/module-2/motors-and-control#pid-control-staying-on-course"
         )
         assert hits[0].sparse_score is not None
+        question = "What do the integral and derivative terms of a PID controller do?"
+        dense = await env.worker_services.semantic.embed_query(question)
+        hybrid = await env.app.state.services.vectorstore.query(dense=dense, sparse=encode_query(question), limit=3)
+        assert hybrid[0].source == "module-2/motors-and-control.md"
+        assert hybrid[0].dense_score is not None
 
 
 async def test_dimension_mismatch_is_a_clear_startup_error(tmp_path: Path) -> None:
     """Opening a collection built for other dimensions raises an error that says how to reindex."""
     path = str(tmp_path / "qdrant")
     for dims, expect_error in ((64, False), (128, True)):
-        settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=dims)
+        # EMBEDDING_DIMENSIONS is the online setting (offline vectors come from the bundled local model).
+        settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=dims, openai_api_key="sk-unused")
         store = QdrantVectorStore(settings, local_client=QdrantClient(path=path))
         try:
             if expect_error:

@@ -32,6 +32,8 @@ from tests.worker.harness import ingest_settings
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 DIMS = 32
+#: EMBEDDING_DIMENSIONS applies online (offline the bundled local model sets the size); never called.
+ONLINE_KEY = "sk-unused"
 TEXTS = {
     "robots/arm.md": ["Robot arms use servo motors in each joint.", "Inverse kinematics finds joint angles."],
     "robots/legs.md": ["Legged robots balance with a zero moment point controller."],
@@ -86,7 +88,12 @@ async def _exercise(store: QdrantVectorStore | RemoteVectorStore) -> None:
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 async def test_async_client_code_path() -> None:
     """The server-mode (AsyncQdrantClient) path: hybrid query, replace, delete, counts."""
-    settings = Settings(_env_file=None, embedding_dimensions=DIMS, qdrant_collection="t-" + uuid.uuid4().hex[:6])
+    settings = Settings(
+        _env_file=None,
+        openai_api_key=ONLINE_KEY,
+        embedding_dimensions=DIMS,
+        qdrant_collection="t-" + uuid.uuid4().hex[:6],
+    )
     store = QdrantVectorStore(settings, client=AsyncQdrantClient(location=":memory:"))
     try:
         await _exercise(store)
@@ -97,7 +104,7 @@ async def test_async_client_code_path() -> None:
 @pytest_asyncio.fixture(loop_scope="session")
 async def rpc(tmp_path: Path) -> AsyncIterator[tuple[RemoteVectorStore, VectorStoreRpcServer, Settings]]:
     """A local-mode store served over a scratch Redis db, and a client of it."""
-    settings = ingest_settings(embedding_dimensions=DIMS)
+    settings = ingest_settings(openai_api_key=ONLINE_KEY, embedding_dimensions=DIMS)
     redis = await create_redis(settings)
     local = QdrantVectorStore(settings, local_client=QdrantClient(path=str(tmp_path / "q")))
     server = VectorStoreRpcServer(local, redis=redis)
