@@ -215,7 +215,9 @@ def plan_answer(
 def _fallback(plan: AnswerPlan) -> AnswerPlan:
     """The same plan answered extractively (the LLM failed before saying anything)."""
     if not plan.passages:
-        return AnswerPlan(mode="extractive", passages=[], citations=[], sources=[], text=LLM_DOWN_NOTE, query=plan.query)
+        return AnswerPlan(
+            mode="extractive", passages=[], citations=[], sources=[], text=LLM_DOWN_NOTE, query=plan.query
+        )
     return _extractive(plan.query, plan.passages, note=LLM_DOWN_NOTE)
 
 

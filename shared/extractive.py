@@ -21,10 +21,10 @@ from typing import Literal
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
-from shared.retrieval import Passage
+from shared.passages import Passage
 from shared.sparse import tokenize
 
-__all__ = ["Extract", "asks_for_code", "compose_extractive", "plain_text_blocks"]
+__all__ = ["Extract", "asks_for_code", "compose_extractive", "defines_subject", "plain_text_blocks"]
 
 #: Sentences quoted in all, per section, and sections cited (a marker each).
 MAX_SENTENCES = 4
@@ -293,6 +293,24 @@ def _defines(terms: list[str], subject: list[str]) -> bool:
         return False
     width = len(subject)
     return terms[0] == subject[-1] or any(terms[i : i + width] == subject for i in range(min(4, len(terms))))
+
+
+#: How many of a passage's first prose sentences may hold its definition of the subject.
+DEFINING_SENTENCES = 2
+
+
+def defines_subject(query: str, markdown: str) -> bool:
+    """True when `query` asks what X is ("what is X?", "tell me about X") and the passage's first prose
+    sentences define X ("NVIDIA Isaac Sim is ..."): retrieval puts such a section first, since a page
+    that mentions X everywhere (installing it, running it) does not say what it is."""
+    subject = _definition_subject(query)
+    if not subject:
+        return False
+    for block in plain_text_blocks(markdown, keep_code=False)[:DEFINING_SENTENCES]:
+        for sentence in _split_sentences(block)[:DEFINING_SENTENCES]:
+            if _defines(tokenize(sentence), subject):
+                return True
+    return False
 
 
 # --- composing ----------------------------------------------------------------------------------------

@@ -81,9 +81,7 @@ async def complete(
     try:
         # One overall deadline over the attempts and their backoff: a caller never waits past it.
         response = await asyncio.wait_for(
-            services.resilience.call(
-                Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs), policy=policy
-            ),
+            services.resilience.call(Upstream.OPENAI, lambda: client.chat.completions.create(**kwargs), policy=policy),
             deadline,
         )
     except TimeoutError as exc:

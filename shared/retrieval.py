@@ -20,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.chunking import ASKS as SECTION_ASKS
 from shared.chunking import EXPLAINS as SECTION_EXPLAINS
 from shared.clients import Services
 from shared.constants import EMBEDDED_STORE_CONCURRENCY
 from shared.errors import UpstreamUnavailable
+from shared.extractive import defines_subject
 from shared.logging import get_logger
+from shared.passages import Passage
 from shared.resilience import Upstream
 from shared.sparse import encode_query, tokenize
 from shared.vectorstore.protocol import ScoredChunk
@@ -42,8 +44,12 @@ SELECTED_QUERY_CHARS = 1500
 EMBED_QUERY_TIMEOUT_S = 5.0
 #: Candidates fetched for ranking and the relevance gate, as a multiple of the passages finally used.
 CANDIDATE_FACTOR = 4
-#: How much the store's hybrid order weighs against the local model's similarity when ranking.
-FUSED_WEIGHT = 0.3
+#: How much a section's own heading naming the question's subject moves it up, against the store's
+#: hybrid order scored 1..0 (`_rank`): its share of the question's terms, and its similarity.
+HEADING_TERMS_WEIGHT = 0.1
+HEADING_SEMANTIC_WEIGHT = 0.25
+#: A "what is X?" question moves a section that opens by defining X up by this much (as above).
+DEFINITION_WEIGHT = 0.5
 #: Words that frame a question rather than name its subject ("tell me about LiDAR", "what do I need"):
 #: left out of term coverage, so the subject decides.
 QUESTION_FRAME_TERMS = frozenset(
@@ -53,25 +59,6 @@ QUESTION_FRAME_TERMS = frozenset(
 #: embedded store; a server takes many more.
 SERVER_STORE_CONCURRENCY = 64
 _GATE = "retrieval.store_gate"
-
-
-@dataclass
-class Passage:
-    """A retrieved chunk with its display fields and relevance signals."""
-
-    source: str
-    title: str | None
-    heading: str | None
-    url: str | None
-    content: str
-    score: float
-    fused_score: float = 0.0
-    dense_score: float | None = None
-    sparse_score: float | None = None
-    coverage: float = 0.0
-    heading_path: list[str] = field(default_factory=list)
-    semantic_score: float | None = None
-    section_kind: str = "explains"
 
 
 def _store_gate(services: Services) -> asyncio.Semaphore:
@@ -136,14 +123,22 @@ def _section_key(passage: Passage) -> tuple[str, str]:
 
 
 def _rank(passages: list[Passage]) -> list[Passage]:
-    """Best first: explaining sections before sections that ask (review questions, objectives, reading
-    lists), then by semantic similarity blended with the fused rank; one passage per section."""
+    """Best first, one passage per section.
+
+    Sections that ask (review questions, objectives, reading lists, exercises) come after every section
+    that explains: they repeat a topic's words without teaching it. Among the rest, the store's hybrid
+    order (dense + BM25 fused by rank) leads, nudged towards the section whose own heading names the
+    question's subject, so a section titled by the topic beats a broad chapter introduction that mentions
+    it. Measured on the book's question set: re-ranking by the whole passage's semantic similarity instead
+    lost more than it won (the static model favours broad sections).
+    """
     count = len(passages)
     keyed: list[tuple[bool, float, Passage]] = []
     for position, passage in enumerate(passages):
-        fused = 1.0 - position / max(count, 1)  # the store's hybrid order, as a 0..1 score
-        semantic = passage.semantic_score or 0.0
-        keyed.append((passage.section_kind == SECTION_ASKS, -(FUSED_WEIGHT * fused + semantic), passage))
+        fused = 1.0 - position / max(count, 1)  # the store's hybrid order, as a 1..0 score
+        heading = HEADING_TERMS_WEIGHT * passage.heading_coverage + HEADING_SEMANTIC_WEIGHT * passage.heading_semantic
+        heading += DEFINITION_WEIGHT * passage.defines_subject
+        keyed.append((passage.section_kind == SECTION_ASKS, -(fused + heading), passage))
     keyed.sort(key=lambda item: (item[0], item[1]))
     ranked: list[Passage] = []
     seen: set[tuple[str, str]] = set()
@@ -201,10 +196,13 @@ async def retrieve(
     question_terms = set(tokenize(query)) - QUESTION_FRAME_TERMS
     selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
     haystacks = [_haystack(hit) for hit in hits]
-    semantic = await services.semantic.similarities(text, haystacks)
+    headings = [hit.heading or hit.title or "" for hit in hits]
+    # One batch for both: each passage's similarity (the gate) and its heading's (the ranking).
+    similarities = await services.semantic.similarities(text, [*haystacks, *headings])
+    semantic, heading_semantic = similarities[: len(hits)], similarities[len(hits) :]
     local_dense = services.embedder is services.semantic
     passages: list[Passage] = []
-    for hit, haystack, similarity in zip(hits, haystacks, semantic, strict=True):
+    for hit, haystack, similarity, heading_similarity in zip(hits, haystacks, semantic, heading_semantic, strict=True):
         coverage = term_coverage(question_terms, haystack)
         if selected_terms:
             coverage = max(coverage, term_coverage(selected_terms, haystack))
@@ -223,6 +221,9 @@ async def retrieve(
                 dense_score=None if local_dense else hit.dense_score,
                 sparse_score=hit.sparse_score,
                 semantic_score=similarity,
+                heading_coverage=term_coverage(question_terms, hit.heading or ""),
+                heading_semantic=heading_similarity,
+                defines_subject=defines_subject(query, hit.content),
                 coverage=coverage,
                 heading_path=list(hit.heading_path or []),
                 section_kind=str(hit.payload.get("section_kind") or SECTION_EXPLAINS),
