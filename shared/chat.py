@@ -1,19 +1,25 @@
-"""One question, end to end, shared by `/chat`, `/api/chat/stream` and `/v1/chat/completions`.
+"""One question, end to end: the chat pipeline that `/chat`, `/api/chat/stream` and `/v1/chat/completions`
+adapt to HTTP.
 
 `open_turn` applies the session rules (signed in: a given session must be the user's, else 404; none
 given starts a new one titled from the question; anonymous: nothing stored) and loads the last 10
-messages as history. `plan_turn` retrieves and plans the answer. `finish_turn` stores the exchange.
+messages as history. `answer_turn` then yields the turn's events: `Meta` (session, mode, the search
+query of a rewritten follow-up), `Citations`, `Delta`s and `Done` (after the exchange is stored). A
+failure raises (the doors turn it into an error response or an SSE `error` event). Inside it,
+`_plan_turn` rewrites a follow-up, retrieves and plans the answer, and `_finish_turn` stores the exchange.
 The new session is created together with the first exchange, so a failed answer leaves nothing behind;
-its id is chosen up front so the stream can announce it first.
+its id is chosen up front, and a stream creates the session just before announcing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from shared.answering import AnswerPlan, plan_answer
+from shared.answering import AnswerPlan, generate, plan_answer, stream_answer
 from shared.clients import Services
 from shared.db.models import new_id
 from shared.followup import standalone_query
@@ -22,7 +28,19 @@ from shared.llm import Message
 from shared.logging import get_logger
 from shared.retrieval import retrieve
 
-__all__ = ["ChatUser", "Turn", "ensure_session", "finish_turn", "open_turn", "plan_turn"]
+__all__ = [
+    "ChatEvent",
+    "ChatUser",
+    "Citations",
+    "Delta",
+    "Done",
+    "Meta",
+    "Turn",
+    "WholeAnswer",
+    "answer_turn",
+    "answer_whole",
+    "open_turn",
+]
 
 log = get_logger(__name__)
 
@@ -92,7 +110,7 @@ async def open_turn(
     return turn
 
 
-async def plan_turn(*, services: Services, turn: Turn) -> AnswerPlan:
+async def _plan_turn(*, services: Services, turn: Turn) -> AnswerPlan:
     """Make a follow-up standalone, retrieve the passages for it, and plan the answer."""
     search = await standalone_query(services=services, question=turn.query, history=turn.history)
     if search.rewritten:
@@ -110,7 +128,7 @@ async def plan_turn(*, services: Services, turn: Turn) -> AnswerPlan:
     )
 
 
-async def ensure_session(*, services: Services, turn: Turn) -> None:
+async def _ensure_session(*, services: Services, turn: Turn) -> None:
     """Create the turn's new session now (a stream announces its id before the answer exists)."""
     if turn.user_id is None or turn.session_id is None or turn.new_session_title is None:
         return
@@ -119,7 +137,7 @@ async def ensure_session(*, services: Services, turn: Turn) -> None:
     turn.new_session_title = None
 
 
-async def finish_turn(*, services: Services, turn: Turn, plan: AnswerPlan, answer: str) -> str | None:
+async def _finish_turn(*, services: Services, turn: Turn, plan: AnswerPlan, answer: str) -> str | None:
     """Store the exchange for a signed-in reader; returns the assistant message id (None when anonymous)."""
     if turn.user_id is None or turn.session_id is None:
         return None
@@ -137,3 +155,98 @@ async def finish_turn(*, services: Services, turn: Turn, plan: AnswerPlan, answe
         )
     turn.new_session_title = None  # created now
     return message.id
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The turn's session (None when nothing is stored), answer mode and rewritten search query."""
+
+    session_id: str | None
+    mode: str
+    search_query: str | None = None
+
+
+@dataclass(frozen=True)
+class Citations:
+    """The passages the answer rests on (objects) and their display labels, in the same order."""
+
+    citations: list[dict[str, Any]]
+    sources: list[str]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The exchange is stored: its session and assistant message (None when anonymous), and the answer."""
+
+    session_id: str | None
+    message_id: str | None
+    answer: str
+
+
+ChatEvent = Meta | Citations | Delta | Done
+
+
+async def answer_turn(*, services: Services, turn: Turn, stream: bool) -> AsyncIterator[ChatEvent]:
+    """The events of one answered question (module docstring). With `stream`, the model's tokens are
+    `Delta`s as they come; without, the finished answer is one `Delta` (a plain `/chat` waits for it)."""
+    started = time.perf_counter()
+    planned = await _plan_turn(services=services, turn=turn)
+    if stream:
+        plan, deltas = await stream_answer(services=services, plan=planned)
+        await _ensure_session(services=services, turn=turn)  # `Meta` announces an id that must exist
+    else:
+        plan = await generate(services=services, plan=planned)
+        deltas = _once(plan.text or "")
+    session_id = turn.session_id if turn.stored else None
+    parts: list[str] = []
+    try:
+        yield Meta(session_id=session_id, mode=plan.mode, search_query=turn.search_query)
+        yield Citations(citations=plan.citations, sources=plan.sources)
+        async for text in deltas:
+            parts.append(text)
+            yield Delta(text)
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    answer = "".join(parts)
+    # Shielded: a reader who leaves right after the last token still finds the answer in the history.
+    message_id = await asyncio.shield(_finish_turn(services=services, turn=turn, plan=plan, answer=answer))
+    log.info(
+        "chat.answered",
+        mode=plan.mode,
+        stream=stream,
+        deltas=len(parts),
+        citations=len(plan.citations),
+        total_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    yield Done(session_id=session_id, message_id=message_id, answer=answer)
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+@dataclass(frozen=True)
+class WholeAnswer:
+    """A turn answered without streaming: its `Meta`, `Citations` and `Done` events."""
+
+    meta: Meta
+    cited: Citations
+    done: Done
+
+
+async def answer_whole(*, services: Services, turn: Turn) -> WholeAnswer:
+    """The pipeline run to its end without streaming (a plain `/chat`, a non-streaming completion)."""
+    events = [event async for event in answer_turn(services=services, turn=turn, stream=False)]
+    meta = next(e for e in events if isinstance(e, Meta))
+    cited = next(e for e in events if isinstance(e, Citations))
+    done = next(e for e in events if isinstance(e, Done))
+    return WholeAnswer(meta=meta, cited=cited, done=done)

@@ -21,6 +21,7 @@ from typing import Literal
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
+from shared.chunking import ASKS
 from shared.passages import Passage
 from shared.sparse import tokenize
 
@@ -369,11 +370,26 @@ def _choose(candidates: list[_Candidate], scores: list[float]) -> list[_Candidat
     if best <= 0:
         return _fallback(candidates)
     ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].section, candidates[i].order))
+    # Retrieval ranked the sections: the first one is quoted whenever a sentence of it bears on the
+    # question at all, so the first citation is the section retrieval found best, not one whose
+    # sentence happens to repeat more of the question's words.
+    top = min(c.section for c in candidates)
+    lead = min(
+        (i for i in range(len(candidates)) if candidates[i].section == top),
+        key=lambda i: (-scores[i], candidates[i].weak, candidates[i].order),
+    )
     chosen: list[_Candidate] = []
     per_section: dict[int, int] = {}
     size = 0
+    quote_lead = scores[lead] > 0
+    if quote_lead:
+        chosen.append(candidates[lead])
+        per_section[top] = 1
+        size = len(candidates[lead].text) + 1
     for i in ranked:
         c = candidates[i]
+        if quote_lead and i == lead:
+            continue
         if scores[i] < RELATIVE_FLOOR * best or len(chosen) == MAX_SENTENCES:
             break
         new_section = c.section not in per_section
@@ -429,9 +445,15 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
     first, members = _sections(passages)
     parsed = [_blocks(p.content) for p in passages]
     subject = _definition_subject(query)
+    # A section that asks (review questions, objectives) repeats the question's words without answering
+    # it: quoted only when no section that explains was retrieved.
+    explaining = {s for s, indices in enumerate(members) if passages[indices[0]].section_kind != ASKS}
+    quotable = explaining or set(range(len(members)))
     candidates: list[_Candidate] = []
     seen: set[str] = set()
     for section, indices in enumerate(members):
+        if section not in quotable:
+            continue
         order = 0
         for i in indices:
             for block in parsed[i]:
@@ -451,17 +473,26 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
                     order += 1
 
     chosen = _choose(candidates, _score(candidates, set(tokenize(query))))
+    code = _code_block(query, passages, parsed, members, quotable) if asks_for_code(query) else None
+    texts = {
+        section: " ".join(c.text for c in sorted(chosen, key=lambda c: c.order) if c.section == section)
+        for section in {c.section for c in chosen}
+    }
+    top = min(quotable, default=None)
+    top_has_prose = any(c.section == top for c in candidates)
+    if chosen and top is not None and not top_has_prose and (code is None or code[0] != top):
+        # Retrieval's best section teaches this mostly in code or tables: point the reader at it first
+        # rather than cite only the sections whose prose happens to repeat the question's words.
+        texts[top] = f'The book shows this in "{_where(passages[first[top]])}", mostly as code not quoted here.'
     markers: dict[int, int] = {}  # section -> marker number, in order of first use
     groups: list[str] = []
-    for section in sorted({c.section for c in chosen}):
+    for section in sorted(texts):
         markers[section] = len(markers) + 1
-        text = " ".join(c.text for c in sorted(chosen, key=lambda c: c.order) if c.section == section)
-        groups.append(f"{text} [{markers[section]}]")
+        groups.append(f"{texts[section]} [{markers[section]}]")
 
     parts = [note.strip(), ""]
     if groups:
         parts.append(" ".join(groups))
-    code = _code_block(query, passages, parsed, members) if asks_for_code(query) else None
     if code is not None:
         section, block = code
         if section not in markers:
@@ -472,18 +503,27 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
         parts.append(_fence(block.text, block.info))
     if not markers and passages:
         # Every passage is code or headings: say where to look rather than quote fragments of a listing.
-        markers[0] = 1
-        where = " ".join(plain_text_blocks(passages[0].heading or passages[0].title or "", keep_code=False))
-        where = where or passages[0].source
+        lead = min(quotable)
+        markers[lead] = 1
         parts.append(
-            f'The closest section of the book, "{where}", is mostly code or tables, with no explanation to quote here. [1]'
+            f'The closest section of the book, "{_where(passages[first[lead]])}", is mostly code or tables, '
+            "with no explanation to quote here. [1]"
         )
     used = [first[section] for section, _ in sorted(markers.items(), key=lambda item: item[1])]
     return Extract(text="\n".join(parts).rstrip() + "\n", used=used)
 
 
+def _where(passage: Passage) -> str:
+    """A section's name as plain text, for pointing the reader at it."""
+    return " ".join(plain_text_blocks(passage.heading or passage.title or "", keep_code=False)) or passage.source
+
+
 def _code_block(
-    query: str, passages: Sequence[Passage], parsed: list[list[_Block]], members: list[list[int]]
+    query: str,
+    passages: Sequence[Passage],
+    parsed: list[list[_Block]],
+    members: list[list[int]],
+    quotable: set[int],
 ) -> tuple[int, _Block] | None:
     """The code block to quote, with its section: the first of the best passage that has code, unless a
     lower passage's heading names the question's topic ("Creating a Subscriber") and the best one's
@@ -496,6 +536,8 @@ def _code_block(
     section_of = {i: section for section, indices in enumerate(members) for i in indices}
     best: tuple[int, int, int] | None = None  # (-heading terms named, passage, block)
     for i, blocks in enumerate(parsed):
+        if section_of[i] not in quotable:
+            continue
         heading = tokenize(" ".join([*passages[i].heading_path, passages[i].heading or ""]))
         for j, block in enumerate(blocks):
             if block.kind == "code" and block.text.strip():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,8 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
 from api.sse import EventStreamResponse, format_event, format_text_event
-from shared.answering import generate, stream_answer
-from shared.chat import Turn, ensure_session, finish_turn, open_turn, plan_turn
+from shared.chat import Citations, Delta, Meta, Turn, answer_turn, answer_whole, open_turn
 from shared.clients import Services
 from shared.logging import get_logger
 
@@ -68,16 +65,14 @@ async def chat(body: ChatRequest, services: ServicesDep, user: OptionalUser) -> 
     turn = await open_turn(
         services=services, user=user, query=body.query, selected_text=body.selection, session_id=body.session_id
     )
-    plan = await generate(services=services, plan=await plan_turn(services=services, turn=turn))
-    answer = plan.text or ""
-    await finish_turn(services=services, turn=turn, plan=plan, answer=answer)
+    answered = await answer_whole(services=services, turn=turn)
     return ChatResponse(
-        response=answer,
-        session_id=turn.session_id if turn.stored else None,
-        sources=plan.sources,
-        citations=plan.citations,
-        mode=plan.mode,
-        search_query=turn.search_query,
+        response=answered.done.answer,
+        session_id=answered.done.session_id,
+        sources=answered.cited.sources,
+        citations=answered.cited.citations,
+        mode=answered.meta.mode,
+        search_query=answered.meta.search_query,
     )
 
 
@@ -92,62 +87,34 @@ async def chat_stream(body: ChatRequest, services: ServicesDep, user: OptionalUs
         services=services, user=user, query=body.query, selected_text=body.selection, session_id=body.session_id
     )
     return EventStreamResponse(
-        chat_events(services=services, turn=turn), ping_interval_s=services.settings.chat_stream_ping_interval_s
+        sse_frames(services=services, turn=turn), ping_interval_s=services.settings.chat_stream_ping_interval_s
     )
 
 
-async def chat_events(*, services: Services, turn: Turn) -> AsyncIterator[str]:
-    """The SSE frames of one streamed answer; failures become an `error` event (after `meta`)."""
+async def sse_frames(*, services: Services, turn: Turn) -> AsyncIterator[str]:
+    """The pipeline's events as SSE frames; a failure becomes an `error` event (after `meta`)."""
     meta_sent = False
-    session_id = turn.session_id if turn.stored else None
-    started = time.perf_counter()
     try:
-        planned = await plan_turn(services=services, turn=turn)
-        retrieved = time.perf_counter()
-        plan, deltas = await stream_answer(services=services, plan=planned)
-        opened = time.perf_counter()
-        first: float | None = None
-        parts: list[str] = []
-        try:
-            await ensure_session(services=services, turn=turn)  # the id in `meta` must exist even if the stream fails
-            # One write for both (they are ready together): a frame's trip through the middlewares and
-            # the socket costs more CPU than its bytes.
-            meta: dict[str, Any] = {"session_id": session_id, "mode": plan.mode}
-            if turn.search_query is not None:
-                meta["search_query"] = turn.search_query
-            yield format_event("meta", meta) + format_event("citations", plan.citations)
-            meta_sent = True
-            async for text in deltas:
-                if first is None:
-                    first = time.perf_counter()
-                parts.append(text)
-                yield format_text_event("delta", text)
-        finally:
-            aclose = getattr(deltas, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        # Shielded: a reader who leaves right after the last token still finds the answer in the history.
-        message_id = await asyncio.shield(finish_turn(services=services, turn=turn, plan=plan, answer="".join(parts)))
-        yield format_event("done", {"session_id": session_id, "message_id": message_id})
-        log.info(
-            "chat.stream_done",
-            mode=plan.mode,
-            deltas=len(parts),
-            retrieval_ms=_ms(started, retrieved),
-            open_ms=_ms(retrieved, opened),
-            first_token_ms=_ms(started, first or opened),
-            total_ms=_ms(started, time.perf_counter()),
-        )
+        async for event in answer_turn(services=services, turn=turn, stream=True):
+            if isinstance(event, Meta):
+                meta: dict[str, Any] = {"session_id": event.session_id, "mode": event.mode}
+                if event.search_query is not None:
+                    meta["search_query"] = event.search_query
+                pending = format_event("meta", meta)
+                meta_sent = True
+            elif isinstance(event, Citations):
+                # One write for both (they are ready together): a frame's trip through the middlewares
+                # and the socket costs more CPU than its bytes.
+                yield pending + format_event("citations", event.citations)
+            elif isinstance(event, Delta):
+                yield format_text_event("delta", event.text)
+            else:
+                yield format_event("done", {"session_id": event.session_id, "message_id": event.message_id})
     except Exception as exc:
         payload = stream_error_payload(exc)
         log.warning("chat.stream_error", code=payload["code"])
         if not meta_sent:
             # The new session was not created (nothing is stored for a failed answer).
-            yield format_event(
-                "meta", {"session_id": None if turn.new_session_title else session_id, "mode": "generative"}
-            )
+            session_id = turn.session_id if turn.stored and not turn.new_session_title else None
+            yield format_event("meta", {"session_id": session_id, "mode": "generative"})
         yield format_event("error", payload)
-
-
-def _ms(start: float, end: float) -> float:
-    return round((end - start) * 1000, 1)

@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
 from api.sse import EventStreamResponse, format_event
-from shared.answering import AnswerPlan, generate, stream_answer
-from shared.chat import Turn, open_turn, plan_turn
+from shared.chat import Citations, Delta, Meta, Turn, answer_turn, answer_whole, open_turn
 from shared.clients import Services
 from shared.errors import InvalidInput
 from shared.llm import Message
@@ -96,8 +95,8 @@ async def chat_completions(
             _stream(services=services, turn=turn, completion_id=completion_id, created=created),
             ping_interval_s=services.settings.chat_stream_ping_interval_s,
         )
-    plan = await generate(services=services, plan=await plan_turn(services=services, turn=turn))
-    text = plan.text or ""
+    answered = await answer_whole(services=services, turn=turn)
+    text = answered.done.answer
     return JSONResponse(
         {
             "id": completion_id,
@@ -106,9 +105,9 @@ async def chat_completions(
             "model": MODEL_ID,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": _usage(query, text),
-            "citations": plan.citations,
-            "sources": plan.sources,
-            "mode": plan.mode,
+            "citations": answered.cited.citations,
+            "sources": answered.cited.sources,
+            "mode": answered.meta.mode,
         }
     )
 
@@ -134,24 +133,22 @@ def _chunk(completion_id: str, created: int, delta: dict[str, Any], finish: str 
 async def _stream(*, services: Services, turn: Turn, completion_id: str, created: int) -> AsyncIterator[str]:
     """OpenAI streaming chunks, then `data: [DONE]`; failures become an `error` chunk first."""
     try:
-        plan: AnswerPlan
-        plan, deltas = await stream_answer(services=services, plan=await plan_turn(services=services, turn=turn))
-        yield _chunk(
-            completion_id,
-            created,
-            {"role": "assistant", "content": ""},
-            None,
-            citations=plan.citations,
-            sources=plan.sources,
-            mode=plan.mode,
-        )
-        try:
-            async for text in deltas:
-                yield _chunk(completion_id, created, {"content": text}, None)
-        finally:
-            aclose = getattr(deltas, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        mode = "generative"
+        async for event in answer_turn(services=services, turn=turn, stream=True):
+            if isinstance(event, Meta):
+                mode = event.mode
+            elif isinstance(event, Citations):
+                yield _chunk(
+                    completion_id,
+                    created,
+                    {"role": "assistant", "content": ""},
+                    None,
+                    citations=event.citations,
+                    sources=event.sources,
+                    mode=mode,
+                )
+            elif isinstance(event, Delta):
+                yield _chunk(completion_id, created, {"content": event.text}, None)
         yield _chunk(completion_id, created, {}, "stop")
     except Exception as exc:
         payload = stream_error_payload(exc)
