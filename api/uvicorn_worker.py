@@ -1,4 +1,4 @@
-"""Gunicorn worker class: `uvicorn_worker.UvicornWorker` with our protocol, event loop and no banner."""
+"""Gunicorn worker class: `uvicorn_worker.UvicornWorker` with uvloop, h11 and no banner."""
 
 from typing import Any, ClassVar
 
@@ -12,8 +12,7 @@ class LecternUvicornWorker(UvicornWorker):
         **UvicornWorker.CONFIG_KWARGS,
         "server_header": False,
         "access_log": False,
-        # h11 with the JSON error envelope for requests h11 refuses (431 oversized headers, 400 malformed).
-        "http": "api.http_protocol:EnvelopeH11Protocol",
-        # One accept per loop iteration, so a burst of connections is shared by the workers (api/event_loop.py).
-        "loop": "api.event_loop:new_event_loop",
+        "loop": "uvloop",
+        # h11 bounds a request's header block (16 KiB); uvicorn's httptools parser has no such limit.
+        "http": "h11",
     }

@@ -1,18 +1,24 @@
 """Hybrid retrieval: a question (and the reader's selected text) -> the passages relevant enough to use.
 
-One vector-store round trip runs Qdrant's Query API with a dense and a `bm25` prefetch fused by RRF (the
-ranking) and also returns each hit's raw scores. Offline (no LLM, so no embeddings) the query is BM25
-only. RRF scores are rank based (about 1/60 whatever the question), so they cannot tell "relevant" from
-"best of a bad lot"; the relevance gate therefore uses two meaningful signals:
+One vector-store round trip runs Qdrant's Query API with a dense and a `bm25` prefetch fused by RRF and
+returns each hit's raw scores. The dense vectors are the operator's embedding model's online, and the
+bundled local model's offline (`shared.semantic`); with the embeddings API failing, BM25 alone.
 
-- lexical term coverage: the share of the question's content terms (stemmed, stop words removed, the
-  same analysis as the BM25 index) found in the passage, against `RETRIEVAL_MIN_TERM_COVERAGE`;
-- the raw dense cosine similarity, against `RETRIEVAL_MIN_DENSE_SCORE`, which admits a paraphrase that
-  shares at least one content term with the passage.
+The candidates are then ranked (`_rank`: one passage per section, sections that explain before sections
+that ask, the store's order nudged by the section's heading and by a definition of the subject) and
+gated. RRF scores are rank based, so they cannot tell "relevant" from "best of a bad lot"; the gate uses
+signals with a meaning of their own:
 
-A passage is used when either rule admits it; when none is, the caller answers "not covered".
+- term coverage: the share of the question's content terms (stemmed, stop words and question-framing
+  words removed) found in the passage, against `RETRIEVAL_MIN_TERM_COVERAGE`;
+- the local model's similarity of question and passage, whatever the operator's embedding model, against
+  `RETRIEVAL_MIN_SEMANTIC_SCORE` offline (the gate has the last word) or the lower
+  `RETRIEVAL_OFFTOPIC_SEMANTIC_SCORE` online (only the clearly off-topic is refused before the model,
+  which is told to say when the passages do not answer);
+- online, the operator's dense cosine against `RETRIEVAL_MIN_DENSE_SCORE`, with a shared term.
+
 With selected text, it also drives retrieval (appended to the query) and counts for coverage. The
-calibration on the real corpus is in docs/notes/chat.md.
+measurements behind the bars are in docs/notes/quality.md.
 """
 
 from __future__ import annotations

@@ -205,8 +205,8 @@ def test_bad_input_is_4xx_and_health_stays_fast(stack: Stack) -> None:
         body = response.json()
         assert body["code"], name
         assert isinstance(body["detail"], str), name
+    # A header block h11 cannot buffer (over 16 KiB before it ends) is refused by uvicorn's own 400.
     assert raw_huge.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), raw_huge[:80]
-    assert b'"code"' in raw_huge
     assert raw_garbage.startswith(b"HTTP/1.1 400"), raw_garbage[:80]
     assert latencies
     assert max(latencies) < 1.0, f"/health took {max(latencies):.3f}s during the abuse"

@@ -19,7 +19,8 @@ from tests.utils.chat_corpus import corpus_files, indexed_store
 
 IN_BOOK = {
     "How do ROS 2 nodes communicate using topics?": "week3/ros2-nodes-topics.md",
-    "What is domain randomization in sim-to-real transfer?": "week10/sim-to-real-transfer.md",
+    # Both chapters teach it (week 8 in Isaac Sim); either chapter may come first.
+    "What is domain randomization in sim-to-real transfer?": "week10/sim-to-real-transfer.md week8/nvidia-isaac-sim.md",
     "How do ROS 2 actions differ from services?": "week4/ros2-services-actions.md",
     "What is embodied intelligence?": "week2/embodied-intelligence.md",
     "How does Isaac ROS accelerate perception?": "week9/isaac-ros.md",
@@ -59,7 +60,7 @@ async def test_in_chapter_question_finds_its_chapter(services: Services, questio
     """A question answered in one chapter retrieves that chapter first, with raw scores attached."""
     passages = await retrieve(services=services, query=question)
     assert passages, question
-    assert passages[0].source == chapter
+    assert passages[0].source in chapter.split()
     assert passages[0].dense_score is not None
     assert passages[0].coverage >= services.settings.retrieval_min_term_coverage
 
@@ -93,11 +94,19 @@ async def test_selected_text_drives_retrieval(services: Services) -> None:
     assert passages[0].source == "week10/sim-to-real-transfer.md"
 
 
-async def test_limit_caps_the_passages(services: Services) -> None:
-    """At most `limit` passages come back, best first by fused rank."""
-    passages = await retrieve(services=services, query="ROS 2 nodes topics publishers subscribers", limit=2)
-    assert len(passages) == 2
-    assert passages[0].fused_score >= passages[1].fused_score
+async def test_limit_caps_the_passages_one_per_section(services: Services) -> None:
+    """At most `limit` passages come back, each from a different section."""
+    passages = await retrieve(services=services, query="ROS 2 nodes topics publishers subscribers", limit=3)
+    assert len(passages) == 3
+    assert len({(p.source, p.url) for p in passages}) == 3
+
+
+async def test_sections_that_ask_come_after_sections_that_explain(services: Services) -> None:
+    """Review questions and objectives repeat a topic's words; they never outrank an explaining section."""
+    passages = await retrieve(services=services, query="What is sim-to-real transfer?", limit=8)
+    kinds = [p.section_kind for p in passages]
+    assert "explains" in kinds
+    assert kinds == sorted(kinds, key=lambda kind: kind == "asks")
 
 
 def test_term_coverage_counts_stemmed_content_terms() -> None:

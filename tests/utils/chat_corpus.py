@@ -96,15 +96,8 @@ async def served(app: FastAPI) -> AsyncIterator[str]:
     from tests.fakes.openai_server import free_port
 
     port = free_port()
-    # The production HTTP protocol (h11 with the JSON-envelope errors), whatever else is installed.
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        lifespan="off",
-        log_level="warning",
-        http="api.http_protocol:EnvelopeH11Protocol",
-    )
+    # The production HTTP implementation (h11, as in api/uvicorn_worker.py), whatever else is installed.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", http="h11")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
