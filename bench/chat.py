@@ -229,20 +229,20 @@ def print_targets(rounds_by_level: dict[int, list[dict[str, float | int]]], mode
 
 
 def breakdown(lines: list[str]) -> None:
-    """Median/p95 of the server-side phases logged by the API (`chat.stream_done`, `retrieval.done`), and
+    """Median/p95 of the server-side phases logged by the API (`chat.answered`, `retrieval.done`), and
     how the streams were split between the Gunicorn workers."""
     phases: dict[str, list[float]] = {}
     streams_per_worker: dict[int, int] = {}
     for line in lines:
-        if '"chat.stream_done"' not in line and '"retrieval.done"' not in line:
+        if '"chat.answered"' not in line and '"retrieval.done"' not in line:
             continue
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        if event.get("event") == "chat.stream_done" and isinstance(event.get("pid"), int):
+        if event.get("event") == "chat.answered" and isinstance(event.get("pid"), int):
             streams_per_worker[event["pid"]] = streams_per_worker.get(event["pid"], 0) + 1
-        for key in ("retrieval_ms", "open_ms", "first_token_ms", "total_ms", "embed_ms", "query_ms"):
+        for key in ("plan_ms", "open_ms", "first_token_ms", "total_ms", "embed_ms", "query_ms"):
             if isinstance(event.get(key), int | float):
                 phases.setdefault(key, []).append(float(event[key]))
     for key, values in phases.items():

@@ -198,12 +198,14 @@ async def answer_turn(*, services: Services, turn: Turn, stream: bool) -> AsyncI
     `Delta`s as they come; without, the finished answer is one `Delta` (a plain `/chat` waits for it)."""
     started = time.perf_counter()
     planned = await _plan_turn(services=services, turn=turn)
+    planned_at = time.perf_counter()
     if stream:
-        plan, deltas = await stream_answer(services=services, plan=planned)
+        plan, deltas = await stream_answer(services=services, plan=planned)  # reads the first token
         await _ensure_session(services=services, turn=turn)  # `Meta` announces an id that must exist
     else:
         plan = await generate(services=services, plan=planned)
         deltas = _once(plan.text or "")
+    opened_at = time.perf_counter()
     session_id = turn.session_id if turn.stored else None
     parts: list[str] = []
     try:
@@ -225,13 +227,19 @@ async def answer_turn(*, services: Services, turn: Turn, stream: bool) -> AsyncI
         stream=stream,
         deltas=len(parts),
         citations=len(plan.citations),
-        total_ms=round((time.perf_counter() - started) * 1000, 1),
+        plan_ms=_ms(started, planned_at),
+        open_ms=_ms(planned_at, opened_at),
+        total_ms=_ms(started, time.perf_counter()),
     )
     yield Done(session_id=session_id, message_id=message_id, answer=answer)
 
 
 async def _once(text: str) -> AsyncIterator[str]:
     yield text
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 1)
 
 
 @dataclass(frozen=True)
