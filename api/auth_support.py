@@ -13,10 +13,11 @@ from fastapi import Request, Response
 
 from shared import ratelimit
 from shared.auth import sign_cookie_value, unsign_cookie_value
-from shared.auth_limits import AttemptLimiter, Rate, sign_in_limiter, sign_up_limiter
+from shared.auth_limits import AttemptLimiter, sign_in_limiter, sign_up_limiter
 from shared.cache import SessionCache
 from shared.clients import Services
 from shared.config import Settings, generate_dev_secret
+from shared.ratelimit import RateLimiter
 from shared.sessions import SESSION_TTL, AuthContext, resolve_session
 
 COOKIE_NAME = "better-auth.session_token"
@@ -83,14 +84,15 @@ async def auth_runtime(request: Request) -> AuthRuntime:
     services: Services = state.services
     if runtime is None or runtime.services is not services:  # rebuilt when a new lifespan built new clients
         settings: Settings = state.settings
+        limiter: RateLimiter = state.rate_limiter  # built by the same lifespan as `services`
         secret = settings.better_auth_secret.get_secret_value() if settings.better_auth_secret else None
         runtime = AuthRuntime(
             settings=settings,
             services=services,
             cookies=CookiePolicy(secret=secret or generate_dev_secret(), secure=settings.is_production),
             cache=SessionCache(services.redis),
-            sign_in_limiter=sign_in_limiter(services.redis, Rate.parse(settings.rate_limit_sign_in)),
-            sign_up_limiter=sign_up_limiter(services.redis, Rate.parse(settings.rate_limit_sign_up)),
+            sign_in_limiter=sign_in_limiter(limiter, settings.rate_limit_sign_in),
+            sign_up_limiter=sign_up_limiter(limiter, settings.rate_limit_sign_up),
         )
         state.auth_runtime = runtime
     return runtime

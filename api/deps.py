@@ -10,11 +10,11 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Header, Request, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api.auth_support import AuthRuntime, auth_runtime, authenticate
+from api.auth_support import AuthRuntime, auth_runtime, authenticate, client_ip
 from shared.clients import Services
 from shared.config import Settings
 from shared.errors import RateLimited, Unauthorized, UpstreamUnavailable
-from shared.ratelimit import RateLimit, client_ip
+from shared.ratelimit import Limit, RateLimiter
 from shared.sessions import AuthContext
 from shared.users import AuthUser
 from shared.vectorstore import VectorStore
@@ -85,17 +85,12 @@ CurrentUser = Annotated[AuthUser, Depends(get_current_user)]
 # ---- rate limits (see shared/ratelimit.py and docs/notes/security.md) -----------------------------
 async def enforce_chat_rate_limit(request: Request, auth: OptionalAuth) -> None:
     """Count one chat/translate/adjust request per user (per client IP when anonymous); 429 over RATE_LIMIT_CHAT."""
-    settings: Settings = request.app.state.settings
-    limit: RateLimit = request.app.state.chat_rate_limit
-    if auth is not None:
-        identity = f"user:{auth.user.id}"
-    else:
-        peer = request.client.host if request.client else None
-        forwarded = request.headers.getlist("x-forwarded-for")
-        identity = "ip:" + client_ip(
-            peer=peer, forwarded_for=forwarded, trusted_hops=settings.effective_trusted_proxy_hops
-        )
-    decision = await limit.hit(redis=request.app.state.services.redis, identity=identity)
+    state = request.app.state
+    settings: Settings = state.settings
+    limiter: RateLimiter = state.rate_limiter
+    limit: Limit = state.chat_rate_limit
+    identity = f"user:{auth.user.id}" if auth is not None else f"ip:{client_ip(request, settings)}"
+    decision = await limiter.hit(limit, identity)
     if not decision.allowed:
         raise RateLimited(
             f"Too many requests: the limit is {settings.rate_limit_chat}. Please wait a moment.",

@@ -18,7 +18,7 @@ from shared.clients import build_services
 from shared.config import Settings, load_settings
 from shared.constants import ROLE_API
 from shared.logging import configure_logging
-from shared.ratelimit import RateLimit
+from shared.ratelimit import Limit, RateLimiter
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,9 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await build_services(settings, role=ROLE_API)
+        app.state.rate_limiter = RateLimiter(settings.effective_redis_url)  # one per process, like services
         try:
             yield
         finally:
+            await app.state.rate_limiter.aclose()
             await app.state.services.aclose()
 
     app = FastAPI(
@@ -41,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.chat_rate_limit = RateLimit(name="chat", rate=settings.rate_limit_chat)
+    app.state.chat_rate_limit = Limit.parse("chat", settings.rate_limit_chat)
     install_error_handlers(app)
     app.include_router(build_router())
     install_openapi(app)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import limits
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -198,9 +199,13 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_chat", "rate_limit_sign_in", "rate_limit_sign_up")
     @classmethod
     def _check_rate(cls, value: str) -> str:
-        count, _, period = value.partition("/")
-        if not count.strip().isdigit() or period.strip() not in {"second", "minute", "hour", "day"}:
-            raise ValueError("expected '<count>/<second|minute|hour|day>', e.g. 20/minute")
+        # The limiter's own parser (`limits`), so a rate that starts up is a rate the limiter counts.
+        try:
+            single = len(limits.parse_many(value)) == 1
+        except ValueError:
+            single = False
+        if not single:
+            raise ValueError("expected one rate '<count>/<second|minute|hour|day>', e.g. 20/minute")
         return value
 
     @field_validator("openai_api_key", "qdrant_api_key", "admin_api_key", "better_auth_secret", mode="before")

@@ -258,7 +258,9 @@ def _answer_sentences(block: _Block) -> list[tuple[str, bool]]:
 
 _CODE_REQUEST = re.compile(
     r"\b(?:code|snippets?|script|commands?\s+(?:to|for)|(?:which|what)\s+commands?)\b"
-    r"|\bhow\s+(?:do|can|would|should)\s+(?:i|you|we)\s+(?:write|implement|code|program)\b"
+    # "How do I install / launch / create ...?" asks for the book's commands or listing, not for prose.
+    r"|\bhow\s+(?:do|can|would|should)\s+(?:i|you|we)\s+(?:write|implement|code|program|install|set\s+up|"
+    r"configure|launch|run|create|spawn|add|call|load|define|build|subscribe|publish)\b"
     r"|\b(?:in|using|with)\s+(?:python|c\+\+|rclpy|rclcpp|bash)\b",
     re.IGNORECASE,
 )
@@ -366,41 +368,37 @@ def _score(candidates: list[_Candidate], query_terms: set[str]) -> list[float]:
 
 
 def _choose(candidates: list[_Candidate], scores: list[float]) -> list[_Candidate]:
+    """The sentences to quote. Retrieval ranked the sections, so the first `MAX_SECTIONS` sections (in
+    that order) that have a sentence bearing on the question each give their best one; the rest of the
+    budget goes to the next best sentences of those sections. Picking the best sentences overall instead
+    let a broad introduction that repeats the question's words push out the section that answers it."""
     best = max(scores, default=0.0)
     if best <= 0:
         return _fallback(candidates)
-    ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].section, candidates[i].order))
-    # Retrieval ranked the sections: the first one is quoted whenever a sentence of it bears on the
-    # question at all, so the first citation is the section retrieval found best, not one whose
-    # sentence happens to repeat more of the question's words.
-    top = min(c.section for c in candidates)
-    lead = min(
-        (i for i in range(len(candidates)) if candidates[i].section == top),
-        key=lambda i: (-scores[i], candidates[i].weak, candidates[i].order),
-    )
-    chosen: list[_Candidate] = []
-    per_section: dict[int, int] = {}
+    by_section: dict[int, list[int]] = {}
+    for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], candidates[i].order)):
+        if scores[i] > 0:
+            by_section.setdefault(candidates[i].section, []).append(i)
+    chosen: list[int] = []
     size = 0
-    quote_lead = scores[lead] > 0
-    if quote_lead:
-        chosen.append(candidates[lead])
-        per_section[top] = 1
-        size = len(candidates[lead].text) + 1
-    for i in ranked:
-        c = candidates[i]
-        if quote_lead and i == lead:
+    for section in sorted(by_section)[:MAX_SECTIONS]:
+        lead = by_section[section][0]
+        if chosen and size + len(candidates[lead].text) + 1 > MAX_CHARS:
             continue
-        if scores[i] < RELATIVE_FLOOR * best or len(chosen) == MAX_SENTENCES:
+        chosen.append(lead)
+        size += len(candidates[lead].text) + 1
+    sections = {candidates[i].section for i in chosen}
+    extra = sorted(
+        (i for section in sections for i in by_section[section][1:MAX_PER_SECTION]),
+        key=lambda i: (-scores[i], candidates[i].section, candidates[i].order),
+    )
+    for i in extra:
+        if len(chosen) == MAX_SENTENCES or scores[i] < RELATIVE_FLOOR * best:
             break
-        new_section = c.section not in per_section
-        if (new_section and len(per_section) == MAX_SECTIONS) or per_section.get(c.section, 0) == MAX_PER_SECTION:
-            continue
-        if chosen and size + len(c.text) + 1 > MAX_CHARS:
-            continue  # a shorter sentence further down may still fit
-        chosen.append(c)
-        per_section[c.section] = per_section.get(c.section, 0) + 1
-        size += len(c.text) + 1
-    return chosen
+        if size + len(candidates[i].text) + 1 <= MAX_CHARS:
+            chosen.append(i)
+            size += len(candidates[i].text) + 1
+    return [candidates[i] for i in chosen]
 
 
 def _fallback(candidates: list[_Candidate]) -> list[_Candidate]:
@@ -484,23 +482,32 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
         # Retrieval's best section teaches this mostly in code or tables: point the reader at it first
         # rather than cite only the sections whose prose happens to repeat the question's words.
         texts[top] = f'The book shows this in "{_where(passages[first[top]])}", mostly as code not quoted here.'
+    # Retrieval's best section answering in code comes first, its listing before the prose.
+    code_first = code is not None and code[0] == top and top not in texts
     markers: dict[int, int] = {}  # section -> marker number, in order of first use
-    groups: list[str] = []
-    for section in sorted(texts):
-        markers[section] = len(markers) + 1
-        groups.append(f"{texts[section]} [{markers[section]}]")
-
     parts = [note.strip(), ""]
-    if groups:
-        parts.append(" ".join(groups))
+    listing: list[str] = []
     if code is not None:
         section, block = code
-        if section not in markers:
-            markers[section] = len(markers) + 1
+        if code_first:
+            markers[section] = 1
+        listing = ["Code from the book [{marker}]:", _fence(block.text, block.info)]
+    if code_first:
+        parts.extend([listing[0].format(marker=1), listing[1]])
+    groups: list[str] = []
+    for section in sorted(texts):
+        markers.setdefault(section, len(markers) + 1)
+        groups.append(f"{texts[section]} [{markers[section]}]")
+    if groups:
+        if code_first:
+            parts.append("")
+        parts.append(" ".join(groups))
+    if code is not None and not code_first:
+        section = code[0]
+        markers.setdefault(section, len(markers) + 1)
         if groups:
             parts.append("")
-        parts.append(f"Code from the book [{markers[section]}]:")
-        parts.append(_fence(block.text, block.info))
+        parts.extend([listing[0].format(marker=markers[section]), listing[1]])
     if not markers and passages:
         # Every passage is code or headings: say where to look rather than quote fragments of a listing.
         lead = min(quotable)

@@ -1,85 +1,105 @@
-"""Rate limits shared by every Gunicorn worker: one atomic fixed window per (limit, identity) in Redis.
+"""The one rate limiter of the API: `limits`' fixed-window strategy on its async Redis storage.
 
-`RATE_LIMIT_CHAT` (e.g. `20/minute`) is parsed by the `limits` package; the counting is a short Lua
-script (INCR, set the expiry on the first hit, read the remaining time) run on the process's existing
-Redis pool, so every worker of every container that shares `REDIS_URL` sees the same count, and a hit is
-one round trip. The identity is the signed-in user's id, else the client IP (`client_ip`), which honours
-`X-Forwarded-For` only for the configured number of trusted proxy hops.
+Chat (`RATE_LIMIT_CHAT`, per user or client IP), sign-in (`RATE_LIMIT_SIGN_IN`, per IP and per email)
+and sign-up (`RATE_LIMIT_SIGN_UP`, per IP) are `Limit`s counted by one `RateLimiter` per process. Its
+counters live in the Redis of `REDIS_URL` (or the embedded one's unix socket), under `RATE_LIMIT_PREFIX`,
+so every worker of every container that shares that Redis sees the same count.
 
-Redis trouble never turns a chat request into an error: the limiter fails open and logs a warning.
+Fixed window: a window opens at an identity's first hit and lasts the rate's period; each hit is one
+atomic INCR + EXPIRE script in Redis (exact across workers, one round trip), the expiry is kept by
+Redis (no worker clock involved), and a refused request learns from `get_window_stats` when the window
+resets (`Retry-After`). A counter is one integer whatever the rate, so a generous `100000/minute` costs
+no more than `20/minute`.
+
+Redis trouble never turns a request into an error: the limiter fails open and logs a warning.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import limits
-from redis.exceptions import RedisError
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import ConnectionPool
 
 from shared.constants import RATE_LIMIT_PREFIX
 from shared.logging import get_logger
 
-__all__ = ["Decision", "RateLimit", "client_ip"]
+__all__ = ["Decision", "Limit", "RateLimiter", "client_ip", "storage_uri"]
 
 log = get_logger(__name__)
 
-# KEYS[1] = counter key; ARGV[1] = window in ms. Returns {count, ms until the window resets}.
-_FIXED_WINDOW = """
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if count == 1 or ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {count, ttl}
-"""
+#: A limiter that waits on Redis longer than this lets the request through (fails open).
+REDIS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A named rate such as `chat` at `20/minute` (parsed by `limits`; the settings validated it)."""
+
+    name: str
+    item: limits.RateLimitItem
+
+    @classmethod
+    def parse(cls, name: str, rate: str) -> Limit:
+        """`rate` in `limits`' notation, e.g. `20/minute`."""
+        return cls(name, limits.parse(rate))
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of one hit: allowed or not, and when the window resets."""
+    """The outcome of one hit: allowed or not, and in how many seconds the window resets."""
 
     allowed: bool
     limit: int
-    remaining: int
-    reset_after_s: float
+    reset_after_s: float = 0.0
 
 
-class RateLimit:
-    """A named limit such as `20/minute`, counted in Redis per identity."""
+def storage_uri(redis_url: str) -> str:
+    """REDIS_URL (`redis://`, `rediss://` or `unix:///path`) as the URI of `limits`' async Redis storage."""
+    scheme, _, rest = redis_url.partition("://")
+    return f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
 
-    def __init__(self, *, name: str, rate: str) -> None:
-        items = limits.parse_many(rate)
-        if len(items) != 1:
-            raise ValueError(f"expected one rate such as 20/minute, got {rate!r}")
-        self.name = name
-        self.item = items[0]
-        self.window_ms = int(self.item.get_expiry() * 1000)
-        self._script: Any = None
 
-    def key(self, identity: str) -> str:
-        """The Redis key counting `identity` in this limit."""
-        return f"{RATE_LIMIT_PREFIX}:{self.name}:{self.item.amount}/{self.window_ms}:{identity}"
+class RateLimiter:
+    """Counts hits of `Limit`s per identity in Redis; built once per process, closed with `aclose`."""
 
-    async def hit(self, *, redis: Any, identity: str) -> Decision:
-        """Count one request of `identity`; fails open (allowed) when Redis cannot answer."""
-        if self._script is None:
-            # A Script object only holds the source and its SHA; EVALSHA falls back to EVAL once.
-            self._script = redis.register_script(_FIXED_WINDOW)
-        try:
-            count, ttl_ms = await self._script(keys=[self.key(identity)], args=[self.window_ms])
-        except (RedisError, OSError) as exc:
-            log.warning("ratelimit.unavailable", limit=self.name, error=type(exc).__name__)
-            return Decision(True, self.item.amount, self.item.amount, 0.0)
-        count, ttl_ms = int(count), max(int(ttl_ms), 0)
-        return Decision(
-            allowed=count <= self.item.amount,
-            limit=self.item.amount,
-            remaining=max(self.item.amount - count, 0),
-            reset_after_s=ttl_ms / 1000,
+    def __init__(self, redis_url: str) -> None:
+        # `limits` picks its Redis storage from the URI; the connections come from a pool we own (the
+        # storage's documented `connection_pool` option), because the storage has no close of its own
+        # (its `reset()` deletes every counter).
+        self._pool: ConnectionPool[Any] = ConnectionPool.from_url(
+            redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
         )
+        storage = RedisStorage(
+            storage_uri(redis_url),
+            implementation="redispy",
+            key_prefix=RATE_LIMIT_PREFIX,
+            wrap_exceptions=True,
+            connection_pool=self._pool,  # type: ignore[arg-type]  # documented; typed as float|str|bool
+        )
+        self._strategy = FixedWindowRateLimiter(storage)
+
+    async def hit(self, limit: Limit, identity: str) -> Decision:
+        """Count one request of `identity` against `limit`; allowed when Redis cannot answer."""
+        item = limit.item
+        try:
+            if await self._strategy.hit(item, limit.name, identity):
+                return Decision(True, item.amount)
+            stats = await self._strategy.get_window_stats(item, limit.name, identity)
+        except StorageError as exc:
+            log.warning("ratelimit.unavailable", limit=limit.name, error=type(exc.storage_error).__name__)
+            return Decision(True, item.amount)
+        return Decision(False, item.amount, max(stats.reset_time - time.time(), 0.0))
+
+    async def aclose(self) -> None:
+        """Close the limiter's Redis connections."""
+        await self._pool.disconnect()  # what the pool's `aclose` does (older stubs lack `aclose`)
 
 
 def client_ip(*, peer: str | None, forwarded_for: list[str], trusted_hops: int) -> str:

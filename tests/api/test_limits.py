@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from limits.aio.storage import RedisStorage
+from limits.storage import storage_from_string
 
 from api.deps import ChatRateLimitDep
-from shared.ratelimit import RateLimit, client_ip
+from shared.ratelimit import Limit, RateLimiter, client_ip, storage_uri
 from tests.utils.inprocess import make_settings, running_app
 
 
@@ -103,21 +108,43 @@ def test_client_ip(peer: str | None, xff: list[str], hops: int, expected: str) -
     assert client_ip(peer=peer, forwarded_for=xff, trusted_hops=hops) == expected
 
 
-def test_rate_parsing() -> None:
-    """Rates are parsed by `limits`; the window and amount drive the Redis key."""
-    limit = RateLimit(name="chat", rate="20/minute")
-    assert limit.item.amount == 20
-    assert limit.window_ms == 60_000
-    assert limit.key("ip:1.2.3.4").startswith("lectern:ratelimit:chat:")
-    with pytest.raises(ValueError, match="one rate"):
-        RateLimit(name="chat", rate="1/second;5/minute")
+def test_storage_uri() -> None:
+    """REDIS_URL in every accepted form becomes the URI `limits` picks its async Redis storage by."""
+    assert storage_uri("redis://127.0.0.1:6379/3") == "async+redis://127.0.0.1:6379/3"
+    assert storage_uri("rediss://redis.example.com:6380/0") == "async+rediss://redis.example.com:6380/0"
+    assert storage_uri("unix:///data/redis.sock") == "async+redis+unix:///data/redis.sock"
+    for url in ("redis://127.0.0.1:6379/3", "unix:///data/redis.sock"):
+        assert isinstance(storage_from_string(storage_uri(url), implementation="redispy"), RedisStorage)
+
+
+async def test_counts_over_a_unix_socket(tmp_path: Path) -> None:
+    """The embedded Redis is a unix socket: the limiter counts there, and says when the window resets."""
+    socket = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    limiter = RateLimiter(f"unix://{socket}")
+    try:
+        for _ in range(100):
+            if socket.exists():
+                break
+            await asyncio.sleep(0.05)
+        limit = Limit.parse("t", "2/minute")
+        decisions = [await limiter.hit(limit, "ip:192.0.2.1") for _ in range(3)]
+        assert [d.allowed for d in decisions] == [True, True, False]
+        assert 58 <= decisions[-1].reset_after_s <= 60
+    finally:
+        await limiter.aclose()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 async def test_redis_down_fails_open() -> None:
     """When Redis cannot answer, the request is allowed (a limiter outage is not a chat outage)."""
-    from redis.asyncio import Redis
-
-    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    decision = await RateLimit(name="t", rate="1/minute").hit(redis=dead, identity="x")
+    limiter = RateLimiter("redis://127.0.0.1:1/0")
+    try:
+        decision = await limiter.hit(Limit.parse("t", "1/minute"), "x")
+    finally:
+        await limiter.aclose()
     assert decision.allowed
-    await dead.aclose()

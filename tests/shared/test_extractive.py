@@ -405,18 +405,23 @@ def test_every_book_section_gives_a_clean_answer(chapter: str) -> None:
 
 def test_the_best_section_is_cited_first_even_when_it_is_all_code() -> None:
     """Retrieval's first section teaches the answer in a listing: the answer points at it as [1] rather than
-    citing only sections whose prose repeats the question's words."""
+    citing only sections whose prose repeats the question's words; asked how to do it, the listing leads."""
     passages = [
         passage(
             "```python\nnode.create_subscription(String, 'topic', callback, 10)\n```", heading="Creating a Subscriber"
         ),
         passage("A subscriber node receives the messages published to a topic.", heading="Topics"),
     ]
-    extract = compose_extractive("How do I subscribe to a topic?", passages, note=NOTE)
+    extract = compose_extractive("What does a subscriber do with a topic?", passages, note=NOTE)
     assert extract.used == [0, 1]
     assert 'The book shows this in "Creating a Subscriber", mostly as code not quoted here. [1]' in extract.text
     assert "A subscriber node receives the messages published to a topic. [2]" in extract.text
     assert "```" not in extract.text
+
+    how = compose_extractive("How do I subscribe to a topic?", passages, note=NOTE)
+    assert how.used == [0, 1]
+    assert how.text.index("Code from the book [1]:") < how.text.index("published to a topic. [2]")
+    assert "create_subscription" in how.text
 
 
 def test_sections_that_ask_are_not_quoted_when_one_explains() -> None:
