@@ -24,7 +24,6 @@ from shared.config import Settings, redact_url
 from shared.constants import EMBEDDED_STORE_CONCURRENCY, QUEUE_NAME, ROLE_API
 from shared.db.engine import SessionFactory, create_engine, create_session_factory
 from shared.logging import get_logger
-from shared.redis_pool import adopt_concurrent_pool
 from shared.resilience import Resilience
 from shared.semantic import LocalEmbedder
 
@@ -53,13 +52,9 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def create_redis(settings: Settings) -> ArqRedis:
-    """The Redis connection pool (an `ArqRedis`, usable for caches and for enqueueing jobs).
-
-    arq connects it (with retries) and `shared.redis_pool` then gives it a pool whose commands do not
-    queue behind each other."""
-    redis = await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
-    await adopt_concurrent_pool(redis)
-    return redis
+    """The Redis connection pool (an `ArqRedis`, usable for caches and for enqueueing jobs), connected by
+    arq with retries."""
+    return await create_pool(redis_settings(settings), default_queue_name=QUEUE_NAME)
 
 
 #: How long an idle connection to OpenAI stays open for the next request. The default of `httpx2.Limits`
@@ -91,22 +86,6 @@ def create_openai_client(settings: Settings) -> AsyncOpenAI | None:
             limits=httpx2.Limits(max_connections=200, keepalive_expiry=OPENAI_KEEPALIVE_S),
         ),
     )
-
-
-async def openai_post(client: AsyncOpenAI, path: str, body: dict[str, Any], *, stream: bool = False) -> httpx2.Response:
-    """POST `body` to an OpenAI endpoint with the SDK's documented raw-request method (`client.post`
-    with `cast_to=httpx.Response`): the shared client's base URL, credentials, headers, timeouts and
-    status errors (`APIStatusError` and its subclasses, as from the typed methods), without their
-    parameter transform and response wrappers: opening a chat stream costs 1.2 instead of 2.1 ms of CPU
-    (in one process against the fake server). The body uses the API's own field names. With `stream`,
-    the body is left unread and the caller closes the response."""
-    # The credentials the typed chat and embeddings methods send (the API key as a bearer token), in a
-    # new dict per call: the SDK keeps a reference to it in the request's options.
-    options: Any = {"security": {"bearer_auth": True}}
-    response: httpx2.Response = await client.post(
-        path, body=body, cast_to=httpx2.Response, stream=stream, options=options
-    )
-    return response
 
 
 def describe_upstreams(settings: Settings) -> dict[str, dict[str, str]]:
