@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -23,13 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.config import Settings, redact_url
 from shared.constants import EMBEDDED_STORE_CONCURRENCY, QUEUE_NAME, ROLE_API
 from shared.db.engine import SessionFactory, create_engine, create_session_factory
+from shared.embeddings import DenseEmbedder, create_embedder
 from shared.logging import get_logger
 from shared.resilience import Resilience
 from shared.semantic import LocalEmbedder
-
-if TYPE_CHECKING:
-    from shared.embeddings import DenseEmbedder
-    from shared.vectorstore import VectorStore
+from shared.vectorstore import VectorStore, create_vector_store
 
 log = get_logger(__name__)
 
@@ -178,9 +176,6 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         resilience=resilience or Resilience(settings),
     )
     # Embedded mode: the worker opens the local Qdrant folder, every other role reaches it over Redis.
-    from shared.embeddings import create_embedder
-    from shared.vectorstore import create_vector_store
-
     services.vectorstore = create_vector_store(
         settings, role=role, redis=services.redis, resilience=services.resilience
     )
