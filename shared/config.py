@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     embed_concurrency: int = Field(4, ge=1, le=64, validation_alias=_alias("EMBED_CONCURRENCY"))
     embed_rpm: int = Field(3000, ge=1, validation_alias=_alias("EMBED_RPM"))
     embed_tpm: int = Field(1_000_000, ge=1000, validation_alias=_alias("EMBED_TPM"))
-    ingest_job_timeout: float = Field(1800.0, gt=0, validation_alias=_alias("INGEST_JOB_TIMEOUT"))
+    ingest_job_timeout: float = Field(600.0, gt=0, validation_alias=_alias("INGEST_JOB_TIMEOUT"))
     ingest_max_tries: int = Field(10, ge=1, validation_alias=_alias("INGEST_MAX_TRIES"))
     auto_ingest: bool | None = Field(None, validation_alias=_alias("AUTO_INGEST"))
     vector_rpc_timeout: float = Field(10.0, gt=0, validation_alias=_alias("VECTOR_RPC_TIMEOUT"))

@@ -15,10 +15,9 @@ SESSION_CACHE_PREFIX: Final = "lectern:auth:session:"
 CONTENT_CACHE_PREFIX: Final = "lectern:content:"
 RATE_LIMIT_PREFIX: Final = "lectern:ratelimit"
 VECTOR_RPC_PREFIX: Final = "lectern:vectorstore:"
-INGEST_OWNER_PREFIX: Final = "lectern:ingest:owner:"
-INGEST_AUTO_LOCK_KEY: Final = "lectern:ingest:auto-ingest"
-WORKER_ALIVE_PREFIX: Final = "lectern:worker:alive:"
+#: redis-py `Lock`s: ingestion jobs run one at a time; the dev auto-ingest's check-and-submit runs once.
 INGEST_LOCK_KEY: Final = "lectern:ingest:lock"
+INGEST_AUTO_LOCK_KEY: Final = "lectern:ingest:auto-ingest"
 
 # Qdrant
 DENSE_VECTOR: Final = "dense"

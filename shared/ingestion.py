@@ -2,7 +2,14 @@
 
 Submitting (`submit_ingest`, used by the API, the legacy `/ingest`, the CLI and the dev auto-ingest)
 validates the documents, stores an `ingest_job` row and one `ingest_job_document` row per document, and
-enqueues the arq job with `_job_id = job id`, so a repeated enqueue is harmless.
+enqueues the arq job with `_job_id = job id`, so a repeated enqueue is harmless (arq refuses a job id it
+already holds, queued, running or finished).
+
+The job row is what the API shows; arq owns the queue, the tries and the in-progress marker.
+`reconcile_jobs` (run by the worker) brings the two together through arq's public `Job` API: a row still
+queued/running whose arq job ended without our code recording an outcome (tries exhausted by a worker
+killed on every try, arq's timeout backstop, an unexpected error) is failed with the reason, and a row
+arq does not know at all (Redis lost it, or the enqueue failed after the row was stored) is queued again.
 
 Running (`run_ingest_job`, called by the worker) walks the job's pending documents in order:
 
@@ -31,12 +38,14 @@ import zipfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
+from arq.jobs import Job, JobResult, JobStatus
+from arq.worker import JobExecutionFailed
 from sqlmodel import col, select
 
 from shared.chunking import CHUNKER_VERSION, Chunk, chunk_markdown
@@ -63,6 +72,7 @@ __all__ = [
     "list_documents",
     "list_jobs",
     "load_directory",
+    "reconcile_jobs",
     "run_ingest_job",
     "submit_ingest",
     "validate_source",
@@ -216,9 +226,11 @@ def _extract_zip(name: str, data: bytes) -> list[DocumentInput]:
 # ---------------------------------------------------------------------------------------------
 
 
-async def enqueue_job(*, redis: ArqRedis, job_id: str, defer_s: float | None = None) -> None:
-    """Put the job on the arq queue (idempotent: the arq job id is the ingest job id)."""
-    await redis.enqueue_job(JOB_INGEST, job_id, _job_id=job_id, _queue_name=QUEUE_NAME, _defer_by=defer_s)
+async def enqueue_job(*, redis: ArqRedis, job_id: str, defer_s: float | None = None) -> bool:
+    """Put the job on the arq queue; False when arq already holds that job id (queued, running or with
+    a result): the arq job id is the ingest job id, so one ingestion job is never queued twice."""
+    job = await redis.enqueue_job(JOB_INGEST, job_id, _job_id=job_id, _queue_name=QUEUE_NAME, _defer_by=defer_s)
+    return job is not None
 
 
 async def submit_ingest(*, sessions: SessionFactory, redis: ArqRedis, documents: Sequence[DocumentInput]) -> IngestJob:
@@ -279,6 +291,84 @@ async def list_jobs(*, sessions: SessionFactory, limit: int = 20) -> list[Ingest
     async with sessions() as session:
         result = await session.exec(select(IngestJob).order_by(col(IngestJob.created_at).desc()).limit(limit))
         return list(result.all())
+
+
+#: A row arq does not know is queued again only when it is older than this (submit stores the row first,
+#: then enqueues).
+RECONCILE_GRACE_S = 30.0
+_SUBMIT_AGAIN = "Documents already done are kept; submit the documents again to finish."
+
+
+def _arq_failure_message(settings: Settings, result: JobResult) -> str:
+    """Why arq ended a job without our code recording an outcome (from arq's stored result)."""
+    error = result.result
+    if result.job_try > settings.ingest_max_tries:
+        return (
+            f"Gave up after {settings.ingest_max_tries} tries (INGEST_MAX_TRIES): the job was interrupted "
+            f"every time. {_SUBMIT_AGAIN}"
+        )
+    if isinstance(error, TimeoutError):
+        return (
+            f"The job did not finish within INGEST_JOB_TIMEOUT={settings.ingest_job_timeout:g} s and was "
+            f"stopped. {_SUBMIT_AGAIN}"
+        )
+    if isinstance(error, JobExecutionFailed):  # arq's own words ("job expired", ...): no secrets in them
+        return f"The job could not run: {error}. {_SUBMIT_AGAIN}"
+    return f"The job stopped on an unexpected {type(error).__name__}. {_SUBMIT_AGAIN}"
+
+
+async def _fail_unfinished(*, settings: Settings, sessions: SessionFactory, job_id: str, message: str) -> bool:
+    """Fail the job with `message` unless it already ended; True when it was failed here."""
+    async with session_scope(sessions) as session:
+        job = await session.get(IngestJob, job_id, with_for_update=not settings.uses_sqlite)
+        if job is None or job.status not in (STATUS_QUEUED, STATUS_RUNNING):
+            return False
+        job.status = STATUS_FAILED
+        job.finished_at = utcnow()
+        job.errors = [*(job.errors or []), {"source": "", "message": message}]
+        session.add(job)
+    return True
+
+
+async def reconcile_jobs(*, settings: Settings, sessions: SessionFactory, redis: ArqRedis) -> dict[str, list[str]]:
+    """Compare every queued/running job row with arq's view of the job (`Job.status`, `Job.result_info`).
+
+    - arq finished the job as a failure (tries exhausted, arq's timeout, an unexpected error) while the
+      row is still queued/running: the row is failed with the reason (arq never calls the job again);
+    - arq does not know the job at all and the row is older than `RECONCILE_GRACE_S`: it is queued again
+      (same job id, so at most once); the run continues from the job's checkpoint;
+    - queued, deferred or in progress: arq has it (a job of a killed worker runs again when its
+      in-progress marker expires).
+
+    Returns the ids handled, as `{"failed": [...], "requeued": [...]}`. Safe to run from many workers.
+    """
+    async with sessions() as session:
+        rows = (
+            await session.exec(
+                select(IngestJob.id, IngestJob.created_at).where(
+                    col(IngestJob.status).in_((STATUS_QUEUED, STATUS_RUNNING))
+                )
+            )
+        ).all()
+    handled: dict[str, list[str]] = {"failed": [], "requeued": []}
+    now = utcnow()
+    for job_id, created_at in rows:
+        arq_job = Job(job_id, redis, _queue_name=QUEUE_NAME)
+        status = await arq_job.status()
+        if status == JobStatus.complete:
+            result = await arq_job.result_info()
+            if result is None or result.success:
+                continue  # expired meanwhile, or the job returned (it records its own outcome)
+            message = _arq_failure_message(settings, result)
+            if await _fail_unfinished(settings=settings, sessions=sessions, job_id=job_id, message=message):
+                handled["failed"].append(job_id)
+                log.error("ingest.job_failed_by_arq", job_id=job_id, tries=result.job_try, error=message)
+        elif status == JobStatus.not_found:
+            created = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+            if (now - created).total_seconds() >= RECONCILE_GRACE_S and await enqueue_job(redis=redis, job_id=job_id):
+                handled["requeued"].append(job_id)
+                log.warning("ingest.job_requeued", job_id=job_id, reason="unknown to arq")
+    return handled
 
 
 async def list_documents(*, sessions: SessionFactory) -> list[dict[str, Any]]:

@@ -1,50 +1,51 @@
 """arq job functions and the worker's ingestion duties: thin wrappers over `shared.ingestion`.
 
-Ingestion jobs run one at a time (a Redis lock, refreshed while held, taken over at once from a dead
-worker or from an earlier run of the same job), so two jobs never interleave writes to one source.
+arq owns the job's life: the job id is the ingest job id (`_job_id`, so one job is never queued twice),
+tries are arq's (`max_tries=INGEST_MAX_TRIES`, `ctx["job_try"]`), an outage defers the job with
+`arq.Retry`, SIGTERM puts it back on the queue, and the job of a SIGKILLed worker runs again once arq's
+in-progress marker expires (arq sets it to the longest job timeout + 10 s, i.e. INGEST_JOB_TIMEOUT +
+`JOB_TIMEOUT_GRACE_S` + 10 s after the job started). Every run continues from the job's checkpoint.
 
-Besides the `ingest_documents` job, the worker process:
+Ingestion jobs run one at a time (redis-py's `Lock`, renewed while held), so two jobs never interleave
+writes to one source. Besides the `ingest_documents` job, the worker process:
 
 - owns the embedded-mode Qdrant folder and serves it to the API processes (`VectorStoreRpcServer`);
-- keeps a liveness key (`lectern:worker:alive:<id>`, 15 s TTL, refreshed every 5 s) and stamps each job
-  it runs with its owner id; a sweep (at start and every 5 s) releases arq's in-progress marker of a job
-  whose owner is dead, so a job of a SIGKILLed worker runs again within seconds instead of after arq's
-  job timeout. (SIGTERM needs no help: arq cancels the job and puts it back on the queue.)
-- in development, on the first start (no documents, no jobs), ingests `DOCS_DIR`.
+- every `RECONCILE_S` seconds (and at start) runs `shared.ingestion.reconcile_jobs`: a job that arq
+  ended without an outcome in its row (tries exhausted, ...) is failed with the reason, a job arq lost is
+  queued again;
+- in development, on the first start (no documents, no jobs), ingests `DOCS_DIR` (once: the check and
+  the submit run under a redis-py `Lock`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from arq import Retry
-from arq.constants import in_progress_key_prefix
+from arq.connections import ArqRedis
 from arq.cron import cron
-from arq.worker import func
+from arq.worker import Function, func
+from redis.asyncio.lock import Lock
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError, LockNotOwnedError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlmodel import func as sql_func
 from sqlmodel import select
 
 import shared.sessions as sessions_service
 from shared.clients import Services
 from shared.config import Settings
-from shared.constants import (
-    INGEST_AUTO_LOCK_KEY,
-    INGEST_LOCK_KEY,
-    INGEST_OWNER_PREFIX,
-    JOB_INGEST,
-    WORKER_ALIVE_PREFIX,
-)
+from shared.constants import INGEST_AUTO_LOCK_KEY, INGEST_LOCK_KEY, JOB_INGEST
 from shared.db.models import Document, IngestJob
 from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
 from shared.ingestion import (
     STATUS_FAILED,
     load_directory,
     mark_job,
+    reconcile_jobs,
     run_ingest_job,
     submit_ingest,
 )
@@ -53,24 +54,16 @@ from shared.vectorstore import CollectionMismatch, QdrantVectorStore, VectorStor
 
 log = get_logger(__name__)
 
-ALIVE_TTL_S = 15
-HEARTBEAT_S = 5.0
-SWEEP_S = 5.0
+#: arq's own timeout is this much longer than INGEST_JOB_TIMEOUT (ours fails the job with a clear
+#: message; arq's is the backstop). A killed worker's job runs again INGEST_JOB_TIMEOUT + this + 10 s
+#: after it started (arq's in-progress marker).
+JOB_TIMEOUT_GRACE_S = 10.0
 RETRY_DEFER_MAX_S = 120.0
-LOCK_TTL_S = 30
+#: The ingestion lock's TTL (renewed every third of it while held): a SIGKILLed holder's lock expires.
+LOCK_TTL_S = 15.0
 LOCK_WAIT_S = 0.5
-
-# Compare-and-set / compare-and-delete on the ingestion lock (value "<worker id>|<job id>").
-_LOCK_SWAP = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
-end
-return false
-"""
-_LOCK_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
+AUTO_INGEST_LOCK_TTL_S = 60.0
+RECONCILE_S = 10.0
 
 
 async def ping(ctx: dict[str, Any]) -> str:
@@ -78,73 +71,62 @@ async def ping(ctx: dict[str, Any]) -> str:
     return "pong"
 
 
-async def _owner_dead(services: Services, owner: str) -> bool:
-    alive = await services.redis.exists(WORKER_ALIVE_PREFIX + owner)
-    return not alive or _pid_dead_here(owner)
-
-
-async def acquire_ingest_lock(*, services: Services, worker_id: str, job_id: str) -> str:
-    """Wait for the ingestion lock: one job at a time, so two jobs never interleave writes to a source.
-
-    A lock held by this same job (a re-run after a crash) or by a dead worker is taken over at once;
-    otherwise the lock's TTL (refreshed while the holder runs) bounds the wait after a crash.
-    """
-    redis = services.redis
-    token = f"{worker_id}|{job_id}"
-    while True:
-        if await redis.set(INGEST_LOCK_KEY, token, nx=True, ex=LOCK_TTL_S):
-            return token
-        raw = await redis.get(INGEST_LOCK_KEY)
-        if raw is not None:
-            holder = raw.decode() if isinstance(raw, bytes) else str(raw)
-            holder_worker, _, holder_job = holder.rpartition("|")
-            if (holder_job == job_id or await _owner_dead(services, holder_worker)) and await redis.eval(
-                _LOCK_SWAP, 1, INGEST_LOCK_KEY, holder, token, LOCK_TTL_S
-            ):
-                log.warning("ingest.lock_taken_over", job_id=job_id, previous=holder)
-                return token
-        await asyncio.sleep(LOCK_WAIT_S)
-
-
-async def _keep_lock(services: Services, token: str) -> None:
+async def _renew(lock: Lock) -> None:
     while True:
         await asyncio.sleep(LOCK_TTL_S / 3)
-        with contextlib.suppress(Exception):
-            await services.redis.eval(_LOCK_SWAP, 1, INGEST_LOCK_KEY, token, token, LOCK_TTL_S)
+        try:
+            await lock.reacquire()
+        except LockNotOwnedError:
+            log.error("ingest.lock_lost", ttl_s=LOCK_TTL_S)
+            return
+        except RedisError as exc:  # a blip: the next renewal may still be in time
+            log.warning("ingest.lock_renew_failed", error=type(exc).__name__)
+
+
+@contextlib.asynccontextmanager
+async def ingest_lock(redis: ArqRedis) -> AsyncIterator[None]:
+    """Hold the ingestion lock for the body: one job at a time, so two jobs never interleave writes to a
+    source. Waits while another job holds it; renewed while held."""
+    lock = redis.lock(INGEST_LOCK_KEY, timeout=LOCK_TTL_S, sleep=LOCK_WAIT_S)
+    await lock.acquire()
+    renewal = asyncio.create_task(_renew(lock), name="ingest-lock-renewal")
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(LockError, RedisError):
+            await lock.release()
+
+
+async def _fail(services: Services, job_id: str, message: str) -> None:
+    await mark_job(
+        sessions=services.sessions, job_id=job_id, status=STATUS_FAILED, error={"source": "", "message": message}
+    )
+
+
+#: Outages: the job waits (`arq.Retry`) and continues from its checkpoint. (TimeoutError is an OSError.)
+OUTAGES = (UpstreamUnavailable, OSError, RedisConnectionError, RedisTimeoutError)
 
 
 async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """Run one ingestion job (see `shared.ingestion.run_ingest_job`).
+    """Run one try of an ingestion job (see `shared.ingestion.run_ingest_job`).
 
-    Hung past INGEST_JOB_TIMEOUT: the job is failed with a clear error. OpenAI or Qdrant unavailable
-    (open breaker, retries exhausted): `arq.Retry` after the breaker's Retry-After, continuing from the
-    checkpoint; on the last allowed try the job is failed instead. The tries are counted here, not by
-    arq (whose own limit is set out of reach): arq would drop an exhausted job without calling us, and
-    its row would stay `running` forever (e.g. a worker killed during every try).
+    Hung past INGEST_JOB_TIMEOUT: the job is failed with a clear error. OpenAI, Qdrant, PostgreSQL or
+    Redis unavailable: `arq.Retry` after the breaker's Retry-After, continuing from the checkpoint; on
+    the last try arq allows (`ctx["job_try"]` = INGEST_MAX_TRIES) the job is failed with the reason
+    instead. Rejected credentials fail it at once. A try that never ends (its worker was killed) is
+    counted by arq too; `reconcile_jobs` fails the row of a job whose tries ran out that way.
     """
     services: Services = ctx["services"]
     settings = services.settings
     bind_context(job_id=job_id)
-    redis = services.redis
-    job_try = int(ctx.get("job_try", 1))
-    if job_try > settings.ingest_max_tries:
-        message = (
-            f"Gave up after {settings.ingest_max_tries} tries (INGEST_MAX_TRIES): the job was interrupted "
-            "every time. Documents already done are kept; submit the documents again to finish."
-        )
-        await mark_job(
-            sessions=services.sessions, job_id=job_id, status=STATUS_FAILED, error={"source": "", "message": message}
-        )
-        log.error("ingest.job_gave_up", job_id=job_id, tries=job_try - 1)
-        return {"status": STATUS_FAILED, "error": "max_tries"}
-    await redis.set(INGEST_OWNER_PREFIX + job_id, ctx["worker_id"], ex=int(settings.ingest_job_timeout) + 120)
+    job_try = int(ctx["job_try"])
+    if job_try > 1:
+        log.info("ingest.job_try", job_id=job_id, job_try=job_try, max_tries=settings.ingest_max_tries)
     assert services.vectorstore is not None
-    token = ""
-    keeper: asyncio.Task[None] | None = None
+    deadline = asyncio.timeout(settings.ingest_job_timeout)
     try:
-        async with asyncio.timeout(settings.ingest_job_timeout):
-            token = await acquire_ingest_lock(services=services, worker_id=ctx["worker_id"], job_id=job_id)
-            keeper = asyncio.create_task(_keep_lock(services, token), name="ingest-lock")
+        async with deadline, ingest_lock(services.redis):
             outcome = await run_ingest_job(
                 settings=settings,
                 sessions=services.sessions,
@@ -152,50 +134,39 @@ async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
                 embedder=services.embedder,
                 job_id=job_id,
             )
-    except TimeoutError:
-        message = (
-            f"The job did not finish within INGEST_JOB_TIMEOUT={settings.ingest_job_timeout:g} s and was stopped; "
-            "documents already done are kept. Submit the documents again to finish."
-        )
-        await mark_job(
-            sessions=services.sessions,
-            job_id=job_id,
-            status=STATUS_FAILED,
-            error={"source": "", "message": message},
-        )
-        log.error("ingest.job_timed_out", job_id=job_id, timeout_s=settings.ingest_job_timeout)
-        return {"status": STATUS_FAILED, "error": "timeout"}
     except UpstreamMisconfigured as exc:
-        await mark_job(
-            sessions=services.sessions, job_id=job_id, status=STATUS_FAILED, error={"source": "", "message": exc.detail}
-        )
+        await _fail(services, job_id, exc.detail)
         return {"status": STATUS_FAILED, "error": exc.code}
-    except UpstreamUnavailable as exc:
-        retry_after = float(exc.headers.get("Retry-After", 5) or 5)
-        if job_try >= settings.ingest_max_tries:
-            message = f"{exc.detail} Gave up after {settings.ingest_max_tries} tries."
-            await mark_job(
-                sessions=services.sessions,
-                job_id=job_id,
-                status=STATUS_FAILED,
-                error={"source": "", "message": message},
+    except OUTAGES as exc:
+        if deadline.expired():  # our own INGEST_JOB_TIMEOUT, not an upstream's timeout
+            message = (
+                f"The job did not finish within INGEST_JOB_TIMEOUT={settings.ingest_job_timeout:g} s and was "
+                "stopped; documents already done are kept. Submit the documents again to finish."
             )
-            return {"status": STATUS_FAILED, "error": exc.code}
+            await _fail(services, job_id, message)
+            log.error("ingest.job_timed_out", job_id=job_id, timeout_s=settings.ingest_job_timeout)
+            return {"status": STATUS_FAILED, "error": "timeout"}
+        if isinstance(exc, UpstreamUnavailable):
+            detail, retry_after, upstream = exc.detail, float(exc.retry_after), exc.upstream
+        else:
+            detail, retry_after, upstream = f"A service was unreachable ({type(exc).__name__}).", 5.0, ""
+        if job_try >= settings.ingest_max_tries:
+            await _fail(
+                services, job_id, f"{detail} Gave up after {settings.ingest_max_tries} tries (INGEST_MAX_TRIES)."
+            )
+            log.error("ingest.job_gave_up", job_id=job_id, tries=job_try, error=type(exc).__name__)
+            return {"status": STATUS_FAILED, "error": "max_tries"}
         defer = min(max(retry_after, 1.0), RETRY_DEFER_MAX_S)
-        log.warning("ingest.job_deferred", job_id=job_id, defer_s=defer, upstream=exc.extra.get("upstream"))
+        log.warning(
+            "ingest.job_deferred",
+            job_id=job_id,
+            job_try=job_try,
+            defer_s=defer,
+            upstream=upstream,
+            error=type(exc).__name__,
+        )
         raise Retry(defer=defer) from exc
-    finally:
-        if keeper is not None:
-            keeper.cancel()
-        with contextlib.suppress(Exception):
-            await redis.delete(INGEST_OWNER_PREFIX + job_id)
-            if token:
-                await redis.eval(_LOCK_RELEASE, 1, INGEST_LOCK_KEY, token)
     return {"status": outcome.status, "documents": outcome.documents, "chunks_written": outcome.chunks_written}
-
-
-#: arq's try limit for ingestion is out of reach on purpose: `ingest_documents` enforces INGEST_MAX_TRIES.
-ARQ_MAX_TRIES_OUT_OF_REACH = 1_000_000
 
 
 async def purge_expired_sessions(ctx: dict[str, Any]) -> int:
@@ -206,7 +177,25 @@ async def purge_expired_sessions(ctx: dict[str, Any]) -> int:
     return removed
 
 
-JOB_FUNCTIONS: list[Any] = [ping, func(ingest_documents, name=JOB_INGEST, max_tries=ARQ_MAX_TRIES_OUT_OF_REACH)]
+def job_timeout(settings: Settings) -> float:
+    """arq's timeout for an ingestion try (and, through arq's in-progress marker, the re-run delay after
+    a SIGKILL): INGEST_JOB_TIMEOUT plus a grace for recording the failure."""
+    return settings.ingest_job_timeout + JOB_TIMEOUT_GRACE_S
+
+
+def job_functions(settings: Settings) -> list[Function]:
+    """The worker's jobs; ingestion with arq's own try limit and timeout."""
+    return [
+        func(ping, max_tries=1),
+        func(
+            ingest_documents,
+            name=JOB_INGEST,
+            max_tries=settings.ingest_max_tries,
+            timeout=job_timeout(settings),
+        ),
+    ]
+
+
 #: Hourly maintenance (minute 17, off the hour's peak); arq runs a cron job once across workers.
 CRON_JOBS: list[Any] = [cron(purge_expired_sessions, minute={17}, run_at_startup=True, unique=True)]
 
@@ -216,83 +205,53 @@ CRON_JOBS: list[Any] = [cron(purge_expired_sessions, minute={17}, run_at_startup
 # ---------------------------------------------------------------------------------------------
 
 
-def new_worker_id() -> str:
-    """host:pid:nonce, unique per worker process start."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+async def reconcile_once(services: Services) -> dict[str, list[str]]:
+    """`shared.ingestion.reconcile_jobs` with the worker's clients."""
+    return await reconcile_jobs(settings=services.settings, sessions=services.sessions, redis=services.redis)
 
 
-def _pid_dead_here(owner: str) -> bool:
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-async def release_orphaned_jobs(*, services: Services, worker_id: str) -> list[str]:
-    """Release arq's in-progress marker of ingest jobs whose owning worker is dead; returns their ids."""
-    redis = services.redis
-    released: list[str] = []
-    async for key in redis.scan_iter(match=in_progress_key_prefix + "*", count=200):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        job_id = name.removeprefix(in_progress_key_prefix)
-        owner_raw = await redis.get(INGEST_OWNER_PREFIX + job_id)
-        if owner_raw is None:
-            continue  # not ours, or between arq's claim and our stamp: leave it to arq's own expiry
-        owner = owner_raw.decode() if isinstance(owner_raw, bytes) else str(owner_raw)
-        if owner == worker_id:
-            continue
-        alive = await redis.exists(WORKER_ALIVE_PREFIX + owner)
-        if alive and not _pid_dead_here(owner):
-            continue
-        await redis.delete(name, INGEST_OWNER_PREFIX + job_id)
-        released.append(job_id)
-        log.warning("ingest.job_recovered", job_id=job_id, dead_owner=owner)
-    return released
-
-
-async def _heartbeat_and_sweep(services: Services, worker_id: str) -> None:
+async def _reconcile_forever(services: Services) -> None:
     while True:
         try:
-            await services.redis.set(WORKER_ALIVE_PREFIX + worker_id, "1", ex=ALIVE_TTL_S)
-            await release_orphaned_jobs(services=services, worker_id=worker_id)
+            await reconcile_once(services)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.warning("worker.heartbeat_failed", error=type(exc).__name__)
-        await asyncio.sleep(min(HEARTBEAT_S, SWEEP_S))
+        except Exception as exc:  # an outage: try again on the next round
+            log.warning("ingest.reconcile_failed", error=type(exc).__name__)
+        await asyncio.sleep(RECONCILE_S)
 
 
 async def auto_ingest_sample_docs(*, services: Services) -> str | None:
-    """In development, ingest DOCS_DIR once when the service has no documents and no jobs yet."""
+    """In development, ingest DOCS_DIR once when the service has no documents and no jobs yet.
+
+    The check and the submit run under a lock, so workers starting together queue it once (the next one
+    to get the lock sees the job)."""
     settings: Settings = services.settings
     if not settings.auto_ingest_sample_docs or not settings.docs_dir.is_dir():
         return None
-    async with services.sessions() as session:
-        documents = (await session.exec(select(sql_func.count()).select_from(Document))).one()
-        jobs = (await session.exec(select(sql_func.count()).select_from(IngestJob))).one()
-    if documents or jobs:
+    lock = services.redis.lock(INGEST_AUTO_LOCK_KEY, timeout=AUTO_INGEST_LOCK_TTL_S)
+    if not await lock.acquire(blocking=False):
         return None
-    if not await services.redis.set(INGEST_AUTO_LOCK_KEY, "1", nx=True, ex=300):
-        return None
-    docs = load_directory(settings.docs_dir)
-    if not docs:
-        return None
-    job = await submit_ingest(sessions=services.sessions, redis=services.redis, documents=docs)
+    try:
+        async with services.sessions() as session:
+            documents = (await session.exec(select(sql_func.count()).select_from(Document))).one()
+            jobs = (await session.exec(select(sql_func.count()).select_from(IngestJob))).one()
+        if documents or jobs:
+            return None
+        docs = load_directory(settings.docs_dir)
+        if not docs:
+            return None
+        job = await submit_ingest(sessions=services.sessions, redis=services.redis, documents=docs)
+    finally:
+        with contextlib.suppress(LockError, RedisError):
+            await lock.release()
     log.info("ingest.auto_ingest_queued", job_id=job.id, documents=len(docs), docs_dir=str(settings.docs_dir))
     return job.id
 
 
 async def on_worker_startup(ctx: dict[str, Any]) -> None:
-    """Ingestion duties after `ctx["services"]` exists: store, RPC server, heartbeat, auto-ingest."""
+    """Ingestion duties after `ctx["services"]` exists: store, RPC server, job reconciliation, auto-ingest."""
     services: Services = ctx["services"]
-    worker_id = ctx.setdefault("worker_id", new_worker_id())
     store = services.vectorstore
     if isinstance(store, QdrantVectorStore):
         # A dimension mismatch stops the worker here with a message that says how to reindex. A Qdrant
@@ -309,9 +268,7 @@ async def on_worker_startup(ctx: dict[str, Any]) -> None:
             server = VectorStoreRpcServer(store, redis=services.redis)
             await server.start()
             ctx["vector_rpc_server"] = server
-    await services.redis.set(WORKER_ALIVE_PREFIX + worker_id, "1", ex=ALIVE_TTL_S)
-    await release_orphaned_jobs(services=services, worker_id=worker_id)
-    ctx["ingest_heartbeat"] = asyncio.create_task(_heartbeat_and_sweep(services, worker_id), name="ingest-heartbeat")
+    ctx["ingest_reconciler"] = asyncio.create_task(_reconcile_forever(services), name="ingest-reconciler")
     try:
         await auto_ingest_sample_docs(services=services)
     except Exception as exc:  # never keep the worker from starting
@@ -319,8 +276,8 @@ async def on_worker_startup(ctx: dict[str, Any]) -> None:
 
 
 async def on_worker_shutdown(ctx: dict[str, Any]) -> None:
-    """Stop the heartbeat and the RPC server (before the clients close)."""
-    task = ctx.pop("ingest_heartbeat", None)
+    """Stop the reconciler and the RPC server (before the clients close)."""
+    task = ctx.pop("ingest_reconciler", None)
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -328,8 +285,3 @@ async def on_worker_shutdown(ctx: dict[str, Any]) -> None:
     server = ctx.pop("vector_rpc_server", None)
     if server is not None:
         await server.stop()
-    services = ctx.get("services")
-    worker_id = ctx.get("worker_id")
-    if services is not None and worker_id:
-        with contextlib.suppress(Exception):
-            await services.redis.delete(WORKER_ALIVE_PREFIX + worker_id)

@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
 from shared.logging import get_logger
 from shared.metrics import instrument_jobs
-from worker.jobs import CRON_JOBS, JOB_FUNCTIONS, on_worker_shutdown, on_worker_startup
+from worker.jobs import CRON_JOBS, job_functions, job_timeout, on_worker_shutdown, on_worker_startup
 
 log = get_logger(__name__)
 
@@ -42,7 +42,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 def build_worker(settings: Settings, **overrides: Any) -> Worker:
     """The arq worker for the ingestion queue."""
     options: dict[str, Any] = {
-        "functions": instrument_jobs(JOB_FUNCTIONS),
+        "functions": instrument_jobs(job_functions(settings)),
         "cron_jobs": CRON_JOBS,
         "queue_name": QUEUE_NAME,
         "redis_settings": redis_settings(settings),
@@ -54,9 +54,10 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "handle_signals": True,
         "retry_jobs": True,
         "max_jobs": 4,
-        # Ingestion enforces INGEST_JOB_TIMEOUT itself (a clear error); arq's limit is the backstop.
-        "job_timeout": settings.ingest_job_timeout + 60,
-        "max_tries": settings.ingest_max_tries,
+        # The ingestion job has its own timeout and tries (`job_functions`); the default timeout is the
+        # same, because arq's in-progress marker lives for the longest timeout + 10 s: that is how long
+        # the job of a SIGKILLed worker waits before it runs again.
+        "job_timeout": job_timeout(settings),
         "keep_result": 3600,
         "poll_delay": 0.2,
     }

@@ -146,7 +146,7 @@ async def ingest_env(settings: Settings) -> AsyncIterator[IngestEnv]:
     worker = build_worker(settings, handle_signals=False, poll_delay=0.05)
     main = asyncio.create_task(worker.main())
     deadline = time.monotonic() + 30
-    while "ingest_heartbeat" not in worker.ctx:
+    while "ingest_reconciler" not in worker.ctx:  # set at the end of the startup duties
         if main.done():
             main.result()  # surface the startup error
         if time.monotonic() > deadline:

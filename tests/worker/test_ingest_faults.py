@@ -1,31 +1,32 @@
-"""Ingestion under faults and in other modes: hung jobs, open breakers, dead owners, offline, the CLI."""
+"""Ingestion under faults and in other modes: hung jobs, open breakers, jobs arq lost or gave up on, offline,
+the CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from arq.constants import in_progress_key_prefix
-from arq.jobs import Job
+from arq.jobs import Job, JobStatus
 from qdrant_client import QdrantClient
 
 from shared.config import Settings
-from shared.constants import INGEST_OWNER_PREFIX, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME, WORKER_ALIVE_PREFIX
+from shared.constants import JOB_INGEST, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME
+from shared.db.models import IngestJob, IngestJobDocument, utcnow
+from shared.ingestion import RECONCILE_GRACE_S, reconcile_jobs
 from shared.resilience import Upstream
 from shared.sparse import encode_query
 from shared.vectorstore import CollectionMismatch, QdrantVectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.worker.harness import IngestEnv, ingest_env, ingest_settings
-from worker.jobs import release_orphaned_jobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -81,25 +82,34 @@ async def test_open_breaker_defers_job_then_succeeds(online: IngestEnv, fake_ope
     assert await online.store.count("breaker.md") == 1
 
 
-async def test_orphaned_job_of_dead_worker_is_released(online: IngestEnv) -> None:
-    """An in-progress marker whose owner process is dead is released; a live owner's is kept."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    dead_owner = f"{socket.gethostname()}:{proc.pid}:deadbeef"
+async def _job_row(env: IngestEnv, source: str, *, status: str, age_s: float = 0.0) -> str:
+    """A job row with one document, stored without enqueueing it (as if arq had lost it)."""
+    services = env.worker_services
+    job = IngestJob(status=status, documents_total=1, created_at=utcnow() - timedelta(seconds=age_s))
+    async with services.sessions() as session:
+        session.add(job)
+        await session.flush()
+        session.add(IngestJobDocument(job_id=job.id, source=source, content=f"# {source}\n\nGear trains."))
+        await session.commit()
+    return job.id
+
+
+async def test_job_unknown_to_arq_is_queued_again(online: IngestEnv) -> None:
+    """A queued/running row that arq does not know (Redis lost it, or the enqueue failed) is queued again
+    under the same job id once it is older than the grace, and converges; a fresh one is left to submit."""
     redis = online.app.state.services.redis
-    await redis.set(in_progress_key_prefix + "orphan-job", b"1", ex=600)
-    await redis.set(INGEST_OWNER_PREFIX + "orphan-job", dead_owner, ex=600)
-    await redis.set(WORKER_ALIVE_PREFIX + dead_owner, "1", ex=600)  # not yet expired: the pid check decides
-    live_owner = online.worker.ctx["worker_id"]
-    await redis.set(in_progress_key_prefix + "live-job", b"1", ex=600)
-    await redis.set(INGEST_OWNER_PREFIX + "live-job", f"{socket.gethostname()}:{os.getpid()}:other", ex=600)
-    await redis.set(WORKER_ALIVE_PREFIX + f"{socket.gethostname()}:{os.getpid()}:other", "1", ex=600)
-    released = await release_orphaned_jobs(services=online.worker_services, worker_id=live_owner)
-    assert "orphan-job" in released
-    assert "live-job" not in released
-    assert not await redis.exists(in_progress_key_prefix + "orphan-job")
-    assert await redis.exists(in_progress_key_prefix + "live-job")
-    await redis.delete(in_progress_key_prefix + "live-job", INGEST_OWNER_PREFIX + "live-job")
+    lost = await _job_row(online, "lost.md", status="running", age_s=RECONCILE_GRACE_S + 5)
+    fresh = await _job_row(online, "fresh.md", status="queued")
+    handled = await reconcile_jobs(settings=online.settings, sessions=online.worker_services.sessions, redis=redis)
+    # (The worker's own reconciler, every 10 s, may have queued it a moment earlier: arq knows it either way.)
+    assert lost in handled["requeued"] or await Job(lost, redis, _queue_name=QUEUE_NAME).status() != JobStatus.not_found
+    assert fresh not in handled["requeued"]
+    body = await online.wait_job(lost, timeout=30)
+    assert body["status"] == "succeeded", body
+    assert await online.store.count("lost.md") == 1
+    assert await Job(fresh, redis, _queue_name=QUEUE_NAME).status() == JobStatus.not_found
+    again = await reconcile_jobs(settings=online.settings, sessions=online.worker_services.sessions, redis=redis)
+    assert lost not in again["requeued"]  # finished: nothing to do
 
 
 async def test_offline_mode_indexes_local_dense_and_bm25_and_searches() -> None:
@@ -200,7 +210,6 @@ async def test_unreachable_qdrant_server_does_not_stop_the_worker() -> None:
 
     settings = ingest_settings(qdrant_url=f"http://127.0.0.1:{free_port()}")
     async with ingest_env(settings) as env:
-        assert env.worker.ctx["worker_id"]
         job_id = await env.submit([{"source": "later.md", "content": "# Later\n\nWhen Qdrant is back."}])
         await asyncio.sleep(3)
         body = (await env.client.get(f"/api/ingest/jobs/{job_id}")).json()
@@ -209,19 +218,17 @@ async def test_unreachable_qdrant_server_does_not_stop_the_worker() -> None:
 
 
 async def test_job_interrupted_too_often_is_failed_not_left_running(online: IngestEnv) -> None:
-    """A job on a try past INGEST_MAX_TRIES ends `failed` with a reason instead of being dropped silently."""
-    from shared.constants import JOB_INGEST
-    from shared.db.models import IngestJob, IngestJobDocument
-
-    services = online.worker_services
-    job = IngestJob(status="running", documents_total=1)
-    async with services.sessions() as session:
-        session.add(job)
-        await session.flush()
-        session.add(IngestJobDocument(job_id=job.id, source="tries.md", content="# Tries\n\nText."))
-        await session.commit()
+    """A job whose tries ran out without an outcome (arq refuses a try past INGEST_MAX_TRIES, as after a
+    worker killed on every try) ends `failed` with a reason instead of staying `running`."""
+    job_id = await _job_row(online, "tries.md", status="running")
     tries = online.settings.ingest_max_tries + 1
-    await services.redis.enqueue_job(JOB_INGEST, job.id, _job_id=job.id, _queue_name=QUEUE_NAME, _job_try=tries)
-    body = await online.wait_job(job.id, timeout=30)
+    redis = online.worker_services.redis
+    await redis.enqueue_job(JOB_INGEST, job_id, _job_id=job_id, _queue_name=QUEUE_NAME, _job_try=tries)
+    body = await online.wait_job(job_id, timeout=30)
     assert body["status"] == "failed"
     assert "INGEST_MAX_TRIES" in body["errors"][-1]["message"]
+    assert body["finished_at"] is not None
+    info = await Job(job_id, redis, _queue_name=QUEUE_NAME).result_info()
+    assert info is not None
+    assert not info.success  # arq itself gave up (the job function never ran)
+    assert await online.store.count("tries.md") == 0

@@ -1,4 +1,4 @@
-"""Worker maintenance cron: expired sign-in sessions are purged, live ones kept."""
+"""Worker maintenance cron (expired sign-in sessions are purged, live ones kept) and the arq job settings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 
 from shared.clients import build_services
 from shared.config import Settings
+from shared.constants import JOB_INGEST
 from shared.db.migrate import upgrade
 from shared.db.models import AuthSession, User, utcnow
 from shared.sessions import purge_expired_sessions
+from worker.jobs import JOB_TIMEOUT_GRACE_S
 from worker.jobs import purge_expired_sessions as purge_job
 from worker.settings import build_worker
 
@@ -47,3 +49,22 @@ def test_worker_registers_the_purge_cron(tmp_path: Path, redis_url: str) -> None
     """build_worker schedules the purge as a cron job."""
     worker = build_worker(_settings(tmp_path, redis_url))
     assert [job.name for job in worker.cron_jobs] == ["cron:purge_expired_sessions"]
+
+
+def test_ingestion_job_uses_arqs_tries_and_timeout(tmp_path: Path, redis_url: str) -> None:
+    """The ingestion job's tries are arq's (INGEST_MAX_TRIES) and its arq timeout is INGEST_JOB_TIMEOUT plus
+    a grace: arq's in-progress marker of a killed worker's job lives that long + 10 s, then the job runs again."""
+    settings = Settings(
+        _env_file=None,
+        DATA_DIR=str(tmp_path),
+        REDIS_URL=redis_url,
+        AUTO_INGEST=False,
+        INGEST_MAX_TRIES=4,
+        INGEST_JOB_TIMEOUT=30,
+    )
+    worker = build_worker(settings)
+    ingest = worker.functions[JOB_INGEST]
+    assert ingest.max_tries == 4
+    assert ingest.timeout_s == 30 + JOB_TIMEOUT_GRACE_S
+    # No function runs longer than the ingestion job: it alone sets the re-run delay after a SIGKILL.
+    assert all((f.timeout_s or 0) <= ingest.timeout_s for f in worker.functions.values())
