@@ -5,8 +5,8 @@ Two ways to reach the store, behind one `VectorStore` protocol (`protocol.py`):
 - `QdrantVectorStore` (`qdrant.py`): talks to Qdrant itself. With `QDRANT_URL` every process uses an
   `AsyncQdrantClient`. In embedded mode (no `QDRANT_URL`) only the arq worker opens the local-mode store
   (`QdrantClient(path=DATA_DIR/qdrant)`, which allows one process per folder); its blocking calls run on
-  one dedicated thread so the event loop never blocks, and BM25 is scored by an inverted index
-  (`shared/sparse_index.py`) that gives local mode's exact results.
+  one dedicated thread so the event loop never blocks. Both kinds answer through the same public calls
+  (a search is one `query_batch_points` Query API request).
 - `RemoteVectorStore` (`remote.py`): what the API processes use in embedded mode, an RPC over Redis to
   the worker's `VectorStoreRpcServer`.
 

@@ -1,4 +1,6 @@
-"""The vector store adapter: the async (server-mode) code path, and the embedded-mode Redis RPC."""
+"""The vector store adapter: the async (server-mode) code path, the embedded-mode Redis RPC, and local mode's
+answers on the real textbook (ids, order and scores equal to the Query API's own, dense, BM25 and RRF).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +8,18 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
-from qdrant_client import AsyncQdrantClient, QdrantClient
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from shared.clients import create_redis
+from shared.clients import Services, create_redis
 from shared.config import Settings
+from shared.constants import DENSE_VECTOR, SPARSE_VECTOR
 from shared.sparse import encode_document, encode_query
 from shared.vectorstore import (
     RPC_REPLY_PREFIX,
@@ -23,10 +28,13 @@ from shared.vectorstore import (
     ChunkPoint,
     QdrantVectorStore,
     RemoteVectorStore,
+    ScoredChunk,
     VectorStoreRpcServer,
     point_id,
 )
+from shared.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
+from tests.utils.chat_corpus import chat_settings, indexed_store
 from tests.worker.harness import ingest_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -194,3 +202,298 @@ async def test_rpc_answers_a_burst_as_one_batch(
     for question, hits in zip(questions, results[1:], strict=True):
         expected = await local.query(dense=fake_embedding(question, DIMS), sparse=encode_query(question), limit=2)
         assert hits == expected, question  # payloads included: rebuilt exactly on the API side
+
+
+async def test_rpc_carries_the_embedding_exactly() -> None:
+    """The embedded-mode RPC packs the query embedding as float64 bytes: every value comes back bit for bit."""
+    dense = [*fake_embedding("What is the zero moment point?", 1536), 1e-300, -0.0, 0.1 + 0.2]
+    wire = json.dumps(_encode_args("query", {"dense": dense, "sparse": encode_query("zmp"), "limit": 3}))
+    assert "dense_f64" in wire
+    decoded = _decode_args(json.loads(wire))
+    assert decoded["dense"] == dense
+    assert all(type(x) is float for x in decoded["dense"])
+    assert _decode_args(json.loads(json.dumps(_encode_args("query", {"dense": None}))))["dense"] is None
+
+
+# -- local mode on the real textbook ----------------------------------------------------------------
+
+QUESTIONS = [
+    "How do ROS 2 nodes communicate using topics?",
+    "What is domain randomization in sim-to-real transfer?",
+    "zero moment point",
+    "inverse kinematics for a humanoid arm",
+    "NVIDIA Isaac Sim",
+    "How do I spawn a robot in Gazebo with URDF?",
+    "robot",
+    "ROS",
+    "sensor",
+    "bipedal locomotion balance control",
+    "LiDAR camera IMU sensor fusion",
+    "chocolate cake recipe with strawberries",
+    "stock market prices in 2024",
+    "quantum chromodynamics gluon",
+    "What is Physical AI and embodied intelligence?",
+]
+
+Hits = list[tuple[str, float]]
+TOL = 1e-6
+T = TypeVar("T")
+
+
+@dataclass
+class Book:
+    """The indexed textbook: the worker-role services, their local-mode store and its settings."""
+
+    settings: Settings
+    services: Services
+    store: QdrantVectorStore
+    sources: list[str]
+
+
+@pytest.fixture(scope="module")
+async def book(fake_openai: Any) -> AsyncIterator[Book]:
+    """The textbook ingested in-process into a local-mode store (the worker's kind), embedded by the fake server."""
+    fake_openai.reset()
+    settings = chat_settings(openai_base_url=fake_openai.url)
+    services, chunks = await indexed_store(settings)
+    assert chunks > 100
+    store = services.vectorstore
+    assert isinstance(store, QdrantVectorStore)
+    assert store.mode == "local"
+
+    def sources(local: QdrantClient) -> list[str]:
+        points, _ = local.scroll(collection_name=store.collection, limit=10_000, with_payload=["source"])
+        return sorted({str((p.payload or {})["source"]) for p in points})
+
+    yield Book(settings=settings, services=services, store=store, sources=await _on_store_thread(store, sources))
+    await services.aclose()
+
+
+async def _on_store_thread(store: QdrantVectorStore, fn: Callable[[QdrantClient], T]) -> T:
+    """Run `fn(local_client)` on the store's own thread (local mode is not thread-safe)."""
+    local = store.local_client
+    assert local is not None
+    result: T = await store._run_local(lambda: fn(local))
+    return result
+
+
+def _filter(sources: list[str] | None) -> models.Filter | None:
+    if not sources:
+        return None
+    return models.Filter(must=[models.FieldCondition(key="source", match=models.MatchAny(any=sources))])
+
+
+def _reference(
+    local: QdrantClient,
+    collection: str,
+    *,
+    dense: list[float] | None,
+    sparse: models.SparseVector | None,
+    limit: int,
+    sources: list[str] | None,
+    dense_threshold: float | None,
+) -> dict[str, Hits]:
+    """Qdrant's own answers, one `query_points` call each: the raw dense and BM25 candidate lists, and the
+    hybrid query (prefetch of both + `FusionQuery(RRF)`)."""
+    flt = _filter(sources)
+    candidates = max(limit * 4, 20)
+    legs: dict[str, models.Prefetch] = {}
+    if dense is not None:
+        legs["dense"] = models.Prefetch(
+            query=dense, using=DENSE_VECTOR, limit=candidates, filter=flt, score_threshold=dense_threshold
+        )
+    if sparse is not None:
+        legs["sparse"] = models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=candidates, filter=flt)
+    out: dict[str, Hits] = {}
+    for name, leg in legs.items():
+        points = local.query_points(
+            collection_name=collection,
+            query=leg.query,
+            using=leg.using,
+            limit=candidates,
+            query_filter=flt,
+            score_threshold=leg.score_threshold,
+            with_payload=False,
+        ).points
+        out[name] = [(str(p.id), p.score) for p in points]
+    if len(legs) == 2:
+        fused = local.query_points(
+            collection_name=collection,
+            prefetch=list(legs.values()),
+            query=models.FusionQuery(fusion=models.Fusion.RRF),
+            limit=limit,
+        ).points
+        out["fused"] = [(str(p.id), p.score) for p in fused]
+    return out
+
+
+def _hits(hits: list[ScoredChunk]) -> Hits:
+    return [(h.id, h.score) for h in hits]
+
+
+def _assert_same(actual: Hits, expected: Hits, what: str) -> None:
+    """The same hits with the same scores in the same order, up to TOL: local mode normalises the stored
+    cosine vectors again (in place, float32) on every dense query, so a dense score may move by ~1e-8
+    between two calls, and two dense scores closer than that may swap."""
+    assert {i for i, _ in actual} == {i for i, _ in expected}, what
+    assert len(actual) == len(expected), what
+    for (i, a), (j, e) in zip(actual, expected, strict=True):
+        assert abs(a - e) <= TOL, (what, a, e)
+        if i != j:
+            assert abs(a - e) <= TOL, (what, "order differs beyond a near-tie", i, j)
+
+
+def _approx(value: float | None) -> Any:
+    return None if value is None else pytest.approx(value, abs=TOL)
+
+
+def _assert_same_chunks(actual: list[ScoredChunk], expected: list[ScoredChunk], what: str) -> None:
+    """Two answers of the store agree: hits, order and scores (see `_assert_same`), raw scores and payloads."""
+    _assert_same(_hits(actual), _hits(expected), what)
+    by_id = {h.id: h for h in expected}
+    for hit in actual:
+        other = by_id[hit.id]
+        assert hit.dense_score == _approx(other.dense_score), what
+        assert hit.sparse_score == _approx(other.sparse_score), what
+        assert hit.payload == other.payload, what
+
+
+async def _compare(
+    book: Book, question: str, *, sources: list[str] | None, limit: int = 5, dense_threshold: float | None = None
+) -> int:
+    """The store's hybrid, BM25-only and dense-only answers equal Qdrant's own (ids, order, scores), with
+    each hit's raw dense and BM25 scores and its payload; returns the hybrid hit count."""
+    store = book.store
+    dense = fake_embedding(question, book.settings.embedding_dimensions)
+    sparse = encode_query(question)
+    q_sparse = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)) if sparse else None
+    reference = await _on_store_thread(
+        store,
+        lambda local: _reference(
+            local,
+            store.collection,
+            dense=dense,
+            sparse=q_sparse,
+            limit=limit,
+            sources=sources,
+            dense_threshold=dense_threshold,
+        ),
+    )
+    what = f"{question!r} sources={sources} threshold={dense_threshold}"
+    kwargs: dict[str, Any] = {"limit": limit, "sources": sources, "dense_score_threshold": dense_threshold}
+    dense_only = await store.query(dense=dense, sparse=None, **kwargs)
+    _assert_same(_hits(dense_only), reference["dense"][:limit], what + " dense-only")
+    assert all(h.dense_score == h.score and h.sparse_score is None and h.content for h in dense_only)
+    if q_sparse is None:
+        assert await store.query(dense=None, sparse=sparse, **kwargs) == []
+        return len(await store.query(dense=dense, sparse=sparse, **kwargs))
+
+    hybrid = await store.query(dense=dense, sparse=sparse, **kwargs)
+    _assert_same(_hits(hybrid), reference["fused"], what + " hybrid")
+    dense_raw, sparse_raw = dict(reference["dense"]), dict(reference["sparse"])
+    for hit in hybrid:
+        assert hit.id in dense_raw or hit.id in sparse_raw
+        assert hit.dense_score == _approx(dense_raw.get(hit.id)), what
+        assert hit.sparse_score == _approx(sparse_raw.get(hit.id)), what
+        assert hit.content, "payloads come back with the fused hits"
+        if sources:
+            assert hit.source in sources
+
+    sparse_only = await store.query(dense=None, sparse=sparse, **kwargs)
+    _assert_same(_hits(sparse_only), reference["sparse"][:limit], what + " sparse-only")
+    assert all(h.sparse_score == h.score and h.dense_score is None and h.content for h in sparse_only)
+    return len(hybrid)
+
+
+async def test_book_queries_match_qdrant(book: Book) -> None:
+    """15 questions (in-book and off-topic) on the real book, with and without a `sources` filter and a
+    dense score threshold: hybrid, BM25-only and dense-only answers are Qdrant's own, RRF included."""
+    found = 0
+    for question in QUESTIONS:
+        found += await _compare(book, question, sources=None)
+        await _compare(book, question, sources=None, limit=20)
+    assert found > 0
+    chapters = book.sources[:2]
+    for question in QUESTIONS[:8]:
+        await _compare(book, question, sources=chapters)
+        await _compare(book, question, sources=None, dense_threshold=0.05)
+    await _compare(book, "robot", sources=["no/such/source.md"])
+    await _compare(book, "the of and", sources=None)
+
+
+async def test_book_query_many_matches_query(book: Book) -> None:
+    """A burst answered in one trip to the store thread equals one `query` each; a malformed one fails alone."""
+    dims = book.settings.embedding_dimensions
+    requests: list[dict[str, Any]] = [
+        {"dense": fake_embedding(q, dims), "sparse": encode_query(q), "limit": 8} for q in QUESTIONS[:6]
+    ]
+    requests.insert(2, {"dense": [float("nan")] * dims, "sparse": encode_query("robot"), "limit": 3})
+    requests.append({"dense": None, "sparse": encode_query("the of and"), "limit": 3})
+    answers = await book.store.query_many(requests)
+    assert isinstance(answers[2], ValueError)
+    assert answers[-1] == []
+    for request, answer in zip(requests, answers, strict=True):
+        if not isinstance(answer, Exception):
+            _assert_same_chunks(answer, await book.store.query(**request), str(request["sparse"]))
+
+
+def _scratch(source: str, texts: list[str], dims: int) -> list[ChunkPoint]:
+    return [
+        ChunkPoint(
+            id=point_id(source, i),
+            payload={
+                "source": source,
+                "title": "Scratch",
+                "heading": "H",
+                "heading_path": ["Scratch", "H"],
+                "chunk_index": i,
+                "url": None,
+                "content": text,
+                "content_hash": f"s{i}-{len(text)}",
+            },
+            sparse=encode_document(text),
+            dense=fake_embedding(text, dims),
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+async def test_book_queries_follow_writes(book: Book) -> None:
+    """Upsert, changed source, replace (shrink), delete and re-add: the answers follow, still Qdrant's own."""
+    store, dims, source = book.store, book.settings.embedding_dimensions, "scratch/zebra.md"
+    texts = ["A zebra gripper holds torque sensors.", "Zebra robots walk.", "ROS 2 topics carry zebra messages."]
+    await store.replace_source(source, _scratch(source, texts, dims))
+    hits = await store.query(dense=None, sparse=encode_query("zebra gripper"), limit=3)
+    assert hits[0].source == source
+    await _compare(book, "zebra gripper torque", sources=None)
+
+    changed = ["A zebra gripper with new torque sensors and a camera.", "Zebra robots walk and run."]
+    await store.replace_source(source, _scratch(source, changed, dims))
+    assert await store.count(source) == 2
+    await _compare(book, "zebra gripper camera", sources=None)
+    await _compare(book, "zebra", sources=[source, book.sources[0]])
+
+    assert await store.delete_source(source) == 2
+    assert await store.query(dense=None, sparse=encode_query("zebra"), limit=5) == []
+    await store.upsert(_scratch(source, ["Zebra again.", "Zebra twice.", "Zebra thrice.", "Four."], dims))
+    await _compare(book, "zebra again", sources=None)
+    assert await store.delete_source(source) == 4
+    await _compare(book, "robot", sources=None)
+
+
+async def test_book_reopened_answers_the_same(book: Book) -> None:
+    """After a restart (local mode reloads its rows from disk) the store gives the same answers."""
+    dims = book.settings.embedding_dimensions
+    requests: list[dict[str, Any]] = [
+        {"dense": fake_embedding(q, dims), "sparse": encode_query(q), "limit": 10} for q in QUESTIONS[:6]
+    ]
+    before = [await book.store.query(**request) for request in requests]
+    await book.store.close()
+    await asyncio.sleep(0)
+    reopened = QdrantVectorStore(book.settings, local_client=QdrantClient(path=str(book.settings.qdrant_path)))
+    book.services.vectorstore = reopened
+    book.store = reopened
+    for request, answer in zip(requests, before, strict=True):
+        _assert_same_chunks(await reopened.query(**request), answer, str(request["sparse"]))
+    for question in QUESTIONS[:5]:
+        await _compare(book, question, sources=None)
