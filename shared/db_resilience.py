@@ -53,7 +53,7 @@ def attach_database_breaker(engine: AsyncEngine, resilience: Resilience, *, sett
             return None
         kind = classify_error(Upstream.DATABASE, original)
         if kind is ErrorKind.CREDENTIALS:
-            breaker.release_trial()
+            resilience.release_trial(Upstream.DATABASE)
             return resilience.mark_misconfigured(Upstream.DATABASE)
         if kind is ErrorKind.TRANSIENT:
             return resilience.record_failure(Upstream.DATABASE, original)
@@ -63,7 +63,7 @@ def attach_database_breaker(engine: AsyncEngine, resilience: Resilience, *, sett
 
     @event.listens_for(sync_engine, "after_cursor_execute")
     def _on_success(*_args: Any) -> None:
-        if breaker.failure_count or breaker.state != "closed" or Upstream.DATABASE in resilience.misconfigured:
+        if not breaker.is_clean() or Upstream.DATABASE in resilience.misconfigured:
             resilience.record_success(Upstream.DATABASE)
 
     setattr(sync_engine, _ATTACHED, True)

@@ -1,13 +1,19 @@
-"""Breakers, retries and error classification (`shared.resilience`), in-process and fast."""
+"""Breakers, retries and error classification (`shared.resilience`), in-process and fast.
+
+The breaker tests run twice: `local` (a process alone, as when Redis is out of reach) and `shared` (the
+state in Redis under a key prefix of the test's own), so both keep the same rules.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from shared.config import Settings
 from shared.errors import NotFound, UpstreamMisconfigured, UpstreamUnavailable
@@ -30,10 +36,35 @@ class OperationalError(Exception):
     """Named like psycopg's / SQLAlchemy's connection-level error."""
 
 
-def make(threshold: int = 3, recovery: float = 0.5) -> Resilience:
+def make_local(threshold: int = 3, recovery: float = 0.5) -> Resilience:
     """A registry with a small threshold and recovery timeout and fast retries."""
     settings = Settings(_env_file=None, circuit_failure_threshold=threshold, circuit_recovery_timeout=recovery)
     return Resilience(settings, policies=dict.fromkeys(Upstream, FAST))
+
+
+Make = Callable[..., Resilience]
+
+
+@pytest.fixture(params=["local", "shared"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    """`make_local`, or the same with its breakers' state in Redis (one key prefix per test)."""
+    if request.param == "local":
+        yield make_local
+        return
+    redis = Redis.from_url(request.getfixturevalue("redis_url"), socket_timeout=0.2, socket_connect_timeout=0.5)
+    prefix = f"lectern:test:{uuid.uuid4().hex[:8]}:"
+    built: list[Resilience] = []
+
+    def make_shared(threshold: int = 3, recovery: float = 0.5) -> Resilience:
+        res = make_local(threshold, recovery)
+        res.share_state(redis, prefix=prefix)
+        built.append(res)
+        return res
+
+    yield make_shared
+    for res in built:
+        await res.drain()  # the background writes of sync calls, before the client closes
+    await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
 
 
 class Upstreamish:
@@ -75,7 +106,7 @@ def test_classify_error(upstream: Upstream, exc: BaseException, kind: ErrorKind)
     assert classify_error(upstream, exc) is kind
 
 
-async def test_transient_errors_are_retried_then_succeed() -> None:
+async def test_transient_errors_are_retried_then_succeed(make: Make) -> None:
     """Two 500s then success: one call returns, two retries counted, breaker stays closed."""
     res = make()
     fn = Upstreamish(StatusError(500), StatusError(500), "done")
@@ -85,7 +116,7 @@ async def test_transient_errors_are_retried_then_succeed() -> None:
     assert res.breaker(Upstream.OPENAI).state == "closed"
 
 
-async def test_retry_after_is_honoured() -> None:
+async def test_retry_after_is_honoured(make: Make) -> None:
     """A 429 with Retry-After waits that long before the retry."""
     res = make()
     fn = Upstreamish(StatusError(429, retry_after=0.3), "done")
@@ -94,7 +125,7 @@ async def test_retry_after_is_honoured() -> None:
     assert time.monotonic() - started >= 0.29
 
 
-async def test_non_idempotent_calls_are_not_retried() -> None:
+async def test_non_idempotent_calls_are_not_retried(make: Make) -> None:
     """retry=False makes exactly one attempt and still counts the failure."""
     res = make()
     fn = Upstreamish(OperationalError("server closed the connection"), "never")
@@ -104,7 +135,7 @@ async def test_non_idempotent_calls_are_not_retried() -> None:
     assert res.breaker(Upstream.DATABASE).failure_count == 1
 
 
-async def test_breaker_opens_at_threshold_and_fails_fast() -> None:
+async def test_breaker_opens_at_threshold_and_fails_fast(make: Make) -> None:
     """After `threshold` failed calls the breaker is open: 503 with Retry-After, no upstream call."""
     res = make(threshold=2, recovery=5)
     fn = Upstreamish(*[StatusError(500)] * 10)
@@ -125,7 +156,7 @@ async def test_breaker_opens_at_threshold_and_fails_fast() -> None:
     assert "HTTP 500" in (res.snapshot()["openai"].last_error or "")
 
 
-async def test_half_open_admits_one_trial_then_closes() -> None:
+async def test_half_open_admits_one_trial_then_closes(make: Make) -> None:
     """After the recovery timeout one trial goes through (others refused); its success closes the breaker."""
     res = make(threshold=1, recovery=0.3)
     with pytest.raises(UpstreamUnavailable):
@@ -149,7 +180,7 @@ async def test_half_open_admits_one_trial_then_closes() -> None:
     assert await res.call(Upstream.QDRANT, Upstreamish("again")) == "again"
 
 
-async def test_failed_trial_reopens_without_retrying() -> None:
+async def test_failed_trial_reopens_without_retrying(make: Make) -> None:
     """A half-open trial is a single attempt: its failure re-opens the breaker at once."""
     res = make(threshold=1, recovery=0.2)
     with pytest.raises(UpstreamUnavailable):
@@ -162,7 +193,7 @@ async def test_failed_trial_reopens_without_retrying() -> None:
     assert res.breaker(Upstream.OPENAI).state == "open"
 
 
-async def test_rejected_credentials_do_not_flap_the_breaker() -> None:
+async def test_rejected_credentials_do_not_flap_the_breaker(make: Make) -> None:
     """401s raise UpstreamMisconfigured naming OPENAI_API_KEY and never count as failures."""
     res = make(threshold=2)
     for _ in range(5):
@@ -177,7 +208,7 @@ async def test_rejected_credentials_do_not_flap_the_breaker() -> None:
     assert Upstream.OPENAI not in res.misconfigured
 
 
-async def test_caller_errors_pass_through_uncounted() -> None:
+async def test_caller_errors_pass_through_uncounted(make: Make) -> None:
     """A 400 is the caller's problem: re-raised unchanged, not retried, not counted."""
     res = make(threshold=1)
     fn = Upstreamish(StatusError(400))
@@ -187,7 +218,7 @@ async def test_caller_errors_pass_through_uncounted() -> None:
     assert res.breaker(Upstream.OPENAI).state == "closed"
 
 
-async def test_record_failure_for_streams() -> None:
+async def test_record_failure_for_streams(make: Make) -> None:
     """record_failure/record_success (used around streams) drive the same breaker."""
     res = make(threshold=2)
     err = res.record_failure(Upstream.OPENAI, TimeoutError())
@@ -200,7 +231,7 @@ async def test_record_failure_for_streams() -> None:
 
 def test_transitions_reach_listeners_and_reset_closes() -> None:
     """Listeners see closed->open; reset() closes every breaker and forgets errors."""
-    res = make(threshold=1)
+    res = make_local(threshold=1)
     seen: list[tuple[str, str, str]] = []
     res.add_transition_listener(lambda u, a, b: seen.append((u.value, a, b)))
     res.record_failure(Upstream.DATABASE, ConnectionError("down"))
@@ -210,26 +241,10 @@ def test_transitions_reach_listeners_and_reset_closes() -> None:
     assert res.snapshot()["database"].last_error is None
 
 
-def test_adopt_open_from_a_peer() -> None:
-    """A peer's fresh opening is adopted once, with the peer's timer; stale or superseded ones are not."""
-    res = make(threshold=3, recovery=10)
-    breaker = res.breaker(Upstream.OPENAI)
-    peer_opened = datetime.now(UTC) - timedelta(seconds=2)
-    assert breaker.adopt_open(opened_at=peer_opened, last_error="APIError: HTTP 500", source_pid=42)
-    assert breaker.state == "open"
-    assert 7 <= breaker.open_remaining <= 9
-    assert breaker.adopted_from == 42
-    assert not breaker.adopt_open(opened_at=peer_opened, last_error=None, source_pid=43)  # already open
-    fresh = make(threshold=3, recovery=10).breaker(Upstream.OPENAI)
-    assert not fresh.adopt_open(opened_at=datetime.now(UTC) - timedelta(seconds=11), last_error=None, source_pid=1)
-    fresh.record_success()  # a success after the peer's opening wins
-    assert not fresh.adopt_open(opened_at=datetime.now(UTC) - timedelta(seconds=1), last_error=None, source_pid=1)
-    assert fresh.state == "closed"
-
-
 async def test_trial_lease_is_reentrant_for_its_task() -> None:
-    """In half-open the task holding the trial passes nested checks (call -> engine connect); others wait."""
-    res = make(threshold=1, recovery=0.2)
+    """In half-open the task holding the trial passes nested checks (call -> engine connect); others wait.
+    (Local: with shared state a sync check reserves the trial first, see test_resilience_shared.)"""
+    res = make_local(threshold=1, recovery=0.2)
     res.record_failure(Upstream.DATABASE, ConnectionError("down"))
     await asyncio.sleep(0.25)
 
