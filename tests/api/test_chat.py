@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,31 +11,12 @@ from fastapi import FastAPI
 from shared.answering import LEVELS, LLM_DOWN_NOTE, NOT_COVERED
 from shared.clients import Services
 from shared.resilience import Upstream
-from shared.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
-from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store, sign_up
+from tests.utils.chat_corpus import app_client, client, corpus_store, sign_up
 
-__all__ = ["corpus_store"]
+__all__ = ["app_client", "client", "corpus_store"]
 
 SEPARATOR = "\u203a"
-
-
-@pytest.fixture(scope="module")
-async def app_client(
-    fake_openai: FakeOpenAI, corpus_store: VectorStore
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The app (lifespan running) reading the indexed corpus."""
-    async with chat_app(chat_settings(openai_base_url=fake_openai.url), corpus_store) as pair:
-        yield pair
-
-
-@pytest.fixture
-def client(app_client: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenAI) -> httpx.AsyncClient:
-    """A client with the fake reset and the breakers closed."""
-    fake_openai.reset()
-    services: Services = app_client[0].state.services
-    services.resilience.reset()
-    return app_client[1]
 
 
 def _chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:

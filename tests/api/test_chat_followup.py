@@ -4,42 +4,19 @@ may decline, and a declined answer cites nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-from fastapi import FastAPI
 
 from shared.answering import NOT_COVERED
-from shared.clients import Services
 from shared.followup import REWRITE_MAX_TOKENS, REWRITE_SYSTEM_PROMPT
-from shared.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
-from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store, sign_up
+from tests.utils.chat_corpus import app_client, client, corpus_store, sign_up
 from tests.utils.sse import iter_events
 
-__all__ = ["corpus_store"]
+__all__ = ["app_client", "client", "corpus_store"]
 
 ISAAC_SIM = {"week7/nvidia-isaac-sim.md", "week8/nvidia-isaac-sim.md"}
-
-
-@pytest.fixture(scope="module")
-async def app_client(
-    fake_openai: FakeOpenAI, corpus_store: VectorStore
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The app (lifespan running) reading the indexed corpus, answered by the fake model."""
-    async with chat_app(chat_settings(openai_base_url=fake_openai.url), corpus_store) as pair:
-        yield pair
-
-
-@pytest.fixture
-def client(app_client: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenAI) -> httpx.AsyncClient:
-    """A client with the fake reset and the breakers closed."""
-    fake_openai.reset()
-    services: Services = app_client[0].state.services
-    services.resilience.reset()
-    return app_client[1]
 
 
 def _rewrites(fake: FakeOpenAI) -> list[dict[str, Any]]:

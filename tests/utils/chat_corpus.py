@@ -172,3 +172,19 @@ async def offline_corpus_store() -> AsyncIterator[VectorStore]:
     assert services.vectorstore is not None
     yield services.vectorstore
     await services.aclose()
+
+
+@pytest.fixture(scope="module")
+async def app_client(fake_openai: Any, corpus_store: VectorStore) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app (lifespan running) reading the indexed corpus, answered by the fake model."""
+    async with chat_app(chat_settings(openai_base_url=fake_openai.url), corpus_store) as pair:
+        yield pair
+
+
+@pytest.fixture
+def client(app_client: tuple[FastAPI, httpx.AsyncClient], fake_openai: Any) -> httpx.AsyncClient:
+    """A client of `app_client` with the fake reset and the breakers closed."""
+    fake_openai.reset()
+    services: Services = app_client[0].state.services
+    services.resilience.reset()
+    return app_client[1]
