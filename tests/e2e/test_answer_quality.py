@@ -20,11 +20,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: The levels the offline run reached when they were set (docs/notes/quality.md); a drop fails CI.
 FLOORS = {
-    "r_at_1": 0.0,
-    "r_at_3": 0.0,
-    "follow_up_hit_rate": 0.0,
-    "max_in_book_refusals": 69,
-    "max_off_topic_answered": 18,
+    "r_at_1": 0.48,  # reached: 0.51 (35 of 69); one question of slack for ties between equal sections
+    "r_at_3": 0.62,  # reached: 0.64
+    "follow_up_hit_rate": 0.40,  # reached: 0.45 (9 of 20)
+    "max_in_book_refusals": 16,  # reached: 16 of 69, all paraphrases
+    "max_off_topic_answered": 1,  # reached: 1 of 18
 }
 ASKING_HEADINGS = re.compile(r"review questions|learning objectives|further reading|exercise|prerequisites", re.I)
 MARKUP = re.compile(r"\*\*|__|`|^\s*(#|>|[-*] |\d+\. )", re.M)
