@@ -32,6 +32,7 @@ from shared.vectorstore import (
     VectorStoreRpcServer,
     point_id,
 )
+from shared.vectorstore.qdrant import CANDIDATES_PER_LEG
 from shared.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
 from tests.utils.chat_corpus import chat_settings, indexed_store
@@ -296,7 +297,7 @@ def _reference(
     """Qdrant's own answers, one `query_points` call each: the raw dense and BM25 candidate lists, and the
     hybrid query (prefetch of both + `FusionQuery(RRF)`)."""
     flt = _filter(sources)
-    candidates = max(limit * 4, 20)
+    candidates = max(limit, CANDIDATES_PER_LEG)
     legs: dict[str, models.Prefetch] = {}
     if dense is not None:
         legs["dense"] = models.Prefetch(
