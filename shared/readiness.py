@@ -29,7 +29,6 @@ log = get_logger(__name__)
 
 CHECK_TIMEOUT_S = 2.0
 CACHE_TTL_S = 3.0
-WORKER_STALE_S = 30.0
 
 #: Checks whose failure makes the whole service unavailable (nothing works without them).
 CRITICAL = frozenset({"database", "redis"})

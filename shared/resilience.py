@@ -68,7 +68,6 @@ T = TypeVar("T")
 log = get_logger(__name__)
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
-STATES = (CLOSED, HALF_OPEN, OPEN)
 #: How long a half-open trial call holds its lease before another caller may try.
 TRIAL_LEASE_S = 5.0
 #: A shared failure count with no new failure for this long starts again from zero.
