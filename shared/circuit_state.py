@@ -31,7 +31,9 @@ from redis.asyncio import Redis
 
 import shared.metrics as metrics
 from shared.constants import CIRCUIT_STATE_PREFIX
+from shared.db_resilience import attach_database_breaker
 from shared.logging import get_logger
+from shared.readiness import log_startup_report
 from shared.resilience import Resilience, SharedRecord, Upstream
 
 if TYPE_CHECKING:
@@ -341,8 +343,6 @@ class ProcessObservers:
 
 def start_process_observers(services: Services) -> ProcessObservers:
     """Per process: shared breaker state, the database breaker hooks and the startup check log."""
-    from shared.db_resilience import attach_database_breaker
-    from shared.readiness import log_startup_report
 
     attach_database_breaker(services.engine, services.resilience, settings=services.settings)
     sync = CircuitSync(

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.circuit_state import start_process_observers
 from shared.config import Settings, redact_url
 from shared.constants import EMBEDDED_STORE_CONCURRENCY, QUEUE_NAME, ROLE_API
 from shared.db.engine import SessionFactory, create_engine, create_session_factory
@@ -182,8 +183,6 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
     services.embedder = create_embedder(settings, services.openai, services.resilience, services.semantic)
     if role == ROLE_API and settings.embedded_qdrant:
         await open_redis_connections(services.redis, EMBEDDED_STORE_CONCURRENCY)
-    from shared.circuit_state import start_process_observers
-
     services.extras["observers"] = start_process_observers(services)
     # scripts/preflight.py logs the one `startup.upstream` event per upstream (with its status); each
     # process only notes what it uses, at debug level, so the start-up log stays one line per upstream.

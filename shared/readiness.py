@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from shared.clients import Services
 from shared.constants import HEALTH_CHECK_KEY
 from shared.logging import get_logger
 from shared.resilience import CREDENTIAL_VARIABLE, FRIENDLY_NAME, ErrorKind, Upstream, classify_error
+
+if TYPE_CHECKING:  # type only: shared.clients starts the observers that import this module
+    from shared.clients import Services
 
 log = get_logger(__name__)
 
@@ -36,7 +38,7 @@ CRITICAL = frozenset({"database", "redis"})
 #: The breaker behind each check (Redis and the worker have none).
 UPSTREAM_OF = {"database": Upstream.DATABASE, "vector_store": Upstream.QDRANT, "llm": Upstream.OPENAI}
 
-Check = Callable[[Services], Awaitable[dict[str, Any]]]
+Check = Callable[["Services"], Awaitable[dict[str, Any]]]
 
 
 def misconfigured_result(upstream: Upstream) -> dict[str, Any]:
