@@ -49,7 +49,7 @@ TEXTS = {
 }
 
 
-def _points(source: str, texts: list[str]) -> list[ChunkPoint]:
+def _points(source: str, texts: list[str], dims: int = DIMS) -> list[ChunkPoint]:
     return [
         ChunkPoint(
             id=point_id(source, i),
@@ -64,7 +64,7 @@ def _points(source: str, texts: list[str]) -> list[ChunkPoint]:
                 "content_hash": f"h{i}-{len(text)}",
             },
             sparse=encode_document(text),
-            dense=fake_embedding(text, DIMS),
+            dense=fake_embedding(text, dims),
         )
         for i, text in enumerate(texts)
     ]
@@ -438,45 +438,24 @@ async def test_book_query_many_matches_query(book: Book) -> None:
             _assert_same_chunks(answer, await book.store.query(**request), str(request["sparse"]))
 
 
-def _scratch(source: str, texts: list[str], dims: int) -> list[ChunkPoint]:
-    return [
-        ChunkPoint(
-            id=point_id(source, i),
-            payload={
-                "source": source,
-                "title": "Scratch",
-                "heading": "H",
-                "heading_path": ["Scratch", "H"],
-                "chunk_index": i,
-                "url": None,
-                "content": text,
-                "content_hash": f"s{i}-{len(text)}",
-            },
-            sparse=encode_document(text),
-            dense=fake_embedding(text, dims),
-        )
-        for i, text in enumerate(texts)
-    ]
-
-
 async def test_book_queries_follow_writes(book: Book) -> None:
     """Upsert, changed source, replace (shrink), delete and re-add: the answers follow, still Qdrant's own."""
     store, dims, source = book.store, book.settings.embedding_dimensions, "scratch/zebra.md"
     texts = ["A zebra gripper holds torque sensors.", "Zebra robots walk.", "ROS 2 topics carry zebra messages."]
-    await store.replace_source(source, _scratch(source, texts, dims))
+    await store.replace_source(source, _points(source, texts, dims))
     hits = await store.query(dense=None, sparse=encode_query("zebra gripper"), limit=3)
     assert hits[0].source == source
     await _compare(book, "zebra gripper torque", sources=None)
 
     changed = ["A zebra gripper with new torque sensors and a camera.", "Zebra robots walk and run."]
-    await store.replace_source(source, _scratch(source, changed, dims))
+    await store.replace_source(source, _points(source, changed, dims))
     assert await store.count(source) == 2
     await _compare(book, "zebra gripper camera", sources=None)
     await _compare(book, "zebra", sources=[source, book.sources[0]])
 
     assert await store.delete_source(source) == 2
     assert await store.query(dense=None, sparse=encode_query("zebra"), limit=5) == []
-    await store.upsert(_scratch(source, ["Zebra again.", "Zebra twice.", "Zebra thrice.", "Four."], dims))
+    await store.upsert(_points(source, ["Zebra again.", "Zebra twice.", "Zebra thrice.", "Four."], dims))
     await _compare(book, "zebra again", sources=None)
     assert await store.delete_source(source) == 4
     await _compare(book, "robot", sources=None)
