@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from fastapi import Request, Response
 
-from shared import ratelimit
-from shared.auth import sign_cookie_value, unsign_cookie_value
-from shared.auth_limits import AttemptLimiter, sign_in_limiter, sign_up_limiter
-from shared.cache import SessionCache
-from shared.clients import Services
-from shared.config import Settings, generate_dev_secret
-from shared.ratelimit import RateLimiter
-from shared.sessions import SESSION_TTL, AuthContext, resolve_session
+from shared.accounts.auth import sign_cookie_value, unsign_cookie_value
+from shared.accounts.auth_limits import AttemptLimiter, sign_in_limiter, sign_up_limiter
+from shared.accounts.cache import SessionCache
+from shared.accounts.sessions import SESSION_TTL, AuthContext, resolve_session
+from shared.platform import ratelimit
+from shared.platform.clients import Services
+from shared.platform.config import Settings, generate_dev_secret
+from shared.platform.ratelimit import RateLimiter
 
 COOKIE_NAME = "better-auth.session_token"
 SECURE_COOKIE_NAME = f"__Secure-{COOKIE_NAME}"

@@ -11,13 +11,13 @@ from fastapi import Depends, Header, Request, Response
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth_support import AuthRuntime, auth_runtime, authenticate, client_ip
-from shared.clients import Services
-from shared.config import Settings
-from shared.errors import RateLimited, Unauthorized, UpstreamUnavailable
-from shared.ratelimit import Limit, RateLimiter
-from shared.sessions import AuthContext
-from shared.users import AuthUser
-from shared.vectorstore import VectorStore
+from shared.accounts.sessions import AuthContext
+from shared.accounts.users import AuthUser
+from shared.platform.clients import Services
+from shared.platform.config import Settings
+from shared.platform.errors import RateLimited, Unauthorized, UpstreamUnavailable
+from shared.platform.ratelimit import Limit, RateLimiter
+from shared.stores.vectorstore import VectorStore
 
 
 async def get_settings(request: Request) -> Settings:
@@ -77,12 +77,12 @@ async def get_current_user(auth: Annotated[AuthContext, Depends(get_current_auth
 
 OptionalAuth = Annotated[AuthContext | None, Depends(get_optional_auth)]
 CurrentAuth = Annotated[AuthContext, Depends(get_current_auth)]
-#: `user.id`, `user.email`, `user.name`, `user.proficiency`, profile answers (`shared.users.AuthUser`).
+#: `user.id`, `user.email`, `user.name`, `user.proficiency`, profile answers (`shared.accounts.users.AuthUser`).
 OptionalUser = Annotated[AuthUser | None, Depends(get_optional_user)]
 CurrentUser = Annotated[AuthUser, Depends(get_current_user)]
 
 
-# ---- rate limits (see shared/ratelimit.py and docs/notes/security.md) -----------------------------
+# ---- rate limits (see shared/platform/ratelimit.py and docs/notes/security.md) -----------------------------
 async def enforce_chat_rate_limit(request: Request, auth: OptionalAuth) -> None:
     """Count one chat/translate/adjust request per user (per client IP when anonymous); 429 over RATE_LIMIT_CHAT."""
     state = request.app.state

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import LecternError
-from shared.logging import get_logger
+from shared.platform.errors import LecternError
+from shared.platform.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -28,7 +28,7 @@ class JsonLineFormatter(logging.Formatter):
     """Gunicorn's own lines (master: booting, signals, worker exits) as JSON, like the app's structlog lines.
 
     The master never imports the app (no preload: each worker builds it), so it cannot use
-    `shared.logging`; this formatter needs only the standard library.
+    `shared.platform.logging`; this formatter needs only the standard library.
     """
 
     def format(self, record: logging.LogRecord) -> str:

@@ -14,11 +14,11 @@ from api.middleware import install_middleware
 from api.observability import install_observability
 from api.openapi import install_openapi
 from api.routers import build_router
-from shared.clients import build_services
-from shared.config import Settings, load_settings
-from shared.constants import ROLE_API
-from shared.logging import configure_logging
-from shared.ratelimit import Limit, RateLimiter
+from shared.platform.clients import build_services
+from shared.platform.config import Settings, load_settings
+from shared.platform.constants import ROLE_API
+from shared.platform.logging import configure_logging
+from shared.platform.ratelimit import Limit, RateLimiter
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import get_contextvars
 
-from shared.config import Settings
-from shared.logging import bind_context, clear_context, get_logger
+from shared.platform.config import Settings
+from shared.platform.logging import bind_context, clear_context, get_logger
 
 log = get_logger("api.access")
 error_log = get_logger("api.errors")

@@ -2,7 +2,7 @@
 
 - `MetricsMiddleware` counts every HTTP request by method, route template (e.g.
   `/api/chat/sessions/{session_id}`, or `unmatched` for 404s so label values stay bounded) and status,
-  and observes its latency (`shared.metrics`).
+  and observes its latency (`shared.platform.metrics`).
 - `DeadlineMiddleware` guarantees nothing hangs a request past `RESPONSE_DEADLINE_S`: when no response
   has *started* by then, the handler is cancelled and the client gets 503 `upstream_unavailable` with
   `Retry-After` in the usual envelope. Streams that have started are left alone (they have their own
@@ -17,8 +17,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import shared.metrics as metrics
-from shared.logging import get_logger
+import shared.platform.metrics as metrics
+from shared.platform.logging import get_logger
 
 log = get_logger("api.deadline")
 

@@ -29,12 +29,12 @@ import httpx
 import psycopg
 
 from api.main import create_app
-from shared.auth import SCRYPT_PARAMS, hash_password, hash_token, verify_password
-from shared.cache import SessionCache
-from shared.clients import Services
-from shared.config import Settings
-from shared.db.migrate import upgrade
-from shared.sessions import resolve_session
+from shared.accounts.auth import SCRYPT_PARAMS, hash_password, hash_token, verify_password
+from shared.accounts.cache import SessionCache
+from shared.accounts.sessions import resolve_session
+from shared.platform.clients import Services
+from shared.platform.config import Settings
+from shared.stores.db.migrate import upgrade
 
 REDIS = os.environ.get("LECTERN_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_ADMIN = os.environ.get("LECTERN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

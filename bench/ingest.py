@@ -5,7 +5,7 @@ Run from the repo root: `.venv/bin/python -m bench.ingest [--copies 10] [--laten
 Set-up, all real except the embeddings server: a private redis-server on a unix socket, SQLite and Qdrant
 local mode in a temp DATA_DIR, `python -m worker run` as its own process (it owns the local store), and
 the fake OpenAI server as its own process (`python -m tests.fakes.openai_server`, 1536-dim vectors, 50 ms
-per request). The job is submitted with `shared.ingestion.submit_ingest`, the same code path as
+per request). The job is submitted with `shared.ingestion.pipeline.submit_ingest`, the same code path as
 `POST /api/ingest`; the clock runs from submit to the job's `finished_at`.
 
 Reports wall time, chunks/s, tokens/s (tokens estimated as characters / 4), embedding requests, peak
@@ -31,13 +31,13 @@ from typing import Any
 
 import httpx
 
-from shared.clients import create_redis
-from shared.config import Settings
-from shared.db.engine import create_engine, create_session_factory
-from shared.db.migrate import upgrade
-from shared.ingestion import DocumentInput, get_job, submit_ingest
-from shared.sparse import encode_query
-from shared.vectorstore import RemoteVectorStore
+from shared.ingestion.pipeline import DocumentInput, get_job, submit_ingest
+from shared.platform.clients import create_redis
+from shared.platform.config import Settings
+from shared.stores.db.engine import create_engine, create_session_factory
+from shared.stores.db.migrate import upgrade
+from shared.stores.sparse import encode_query
+from shared.stores.vectorstore import RemoteVectorStore
 from tests.fakes.openai_server import fake_embedding, free_port, spawn
 from tests.utils.corpus import corpus_dir
 from tests.utils.stack import wait_for

@@ -53,7 +53,7 @@ def build_app(variant: str, data_dir: str, redis_url: str) -> Any:
 
     from api.deps import ChatRateLimitDep, CurrentUser
     from api.main import create_app
-    from shared.config import Settings
+    from shared.platform.config import Settings
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -202,8 +202,8 @@ def main() -> None:
 
     import httpx
 
-    from shared.config import Settings
-    from shared.db.migrate import upgrade
+    from shared.platform.config import Settings
+    from shared.stores.db.migrate import upgrade
     from tests.fakes.openai_server import free_port
 
     data_dir = tempfile.mkdtemp(prefix="lectern-bench-")

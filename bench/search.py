@@ -28,14 +28,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from shared.clients import build_services
-from shared.config import Settings
-from shared.constants import ROLE_WORKER
-from shared.db.migrate import upgrade
-from shared.ingestion import DocumentInput, run_ingest_job, submit_ingest
-from shared.logging import configure_logging
-from shared.retrieval import CANDIDATE_FACTOR
-from shared.sparse import encode_query
+from shared.answers.retrieval import CANDIDATE_FACTOR
+from shared.ingestion.pipeline import DocumentInput, run_ingest_job, submit_ingest
+from shared.platform.clients import build_services
+from shared.platform.config import Settings
+from shared.platform.constants import ROLE_WORKER
+from shared.platform.logging import configure_logging
+from shared.stores.db.migrate import upgrade
+from shared.stores.sparse import encode_query
 from tests.conftest import REDIS_TEST_URL
 from tests.utils.corpus import corpus_dir
 

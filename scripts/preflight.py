@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.config import ConfigError, Settings, load_settings
-from shared.logging import configure_logging, get_logger
+from shared.platform.config import ConfigError, Settings, load_settings
+from shared.platform.logging import configure_logging, get_logger
 
 EXIT_CONFIG = 2
 EXIT_MIGRATIONS = 3
@@ -34,7 +34,7 @@ RETRY_MAX_DELAY_S = 30.0
 
 def _is_rejected(exc: BaseException) -> bool:
     """True when the database refused our credentials, role or database name (DATABASE_URL is wrong)."""
-    from shared.resilience import ErrorKind, Upstream, classify_error
+    from shared.platform.resilience import ErrorKind, Upstream, classify_error
 
     return classify_error(Upstream.DATABASE, exc) is ErrorKind.CREDENTIALS
 
@@ -54,7 +54,7 @@ def _is_unreachable(exc: BaseException) -> bool:
 
 def migrate(settings: Settings, log: Any) -> int:
     """Apply the migrations once: 0 applied, EXIT_DB_UNREACHABLE unreachable, EXIT_MIGRATIONS failed."""
-    from shared.db.migrate import upgrade
+    from shared.stores.db.migrate import upgrade
 
     started = time.perf_counter()
     try:
@@ -148,7 +148,7 @@ def upstream_statuses(settings: Settings, *, database_status: str) -> dict[str, 
 
 def log_upstreams(settings: Settings, log: Any, *, database_status: str) -> None:
     """One `startup.upstream` event per upstream with its status, mode and host (never credentials)."""
-    from shared.clients import describe_upstreams
+    from shared.platform.clients import describe_upstreams
 
     described = describe_upstreams(settings)
     for name, status in upstream_statuses(settings, database_status=database_status).items():

@@ -42,7 +42,7 @@ def test_pattern_catches_railway_urls() -> None:
 
 def test_default_origins_are_not_railway() -> None:
     """The default CORS origins and site URL point at the textbook's real hosts."""
-    from shared.config import Settings
+    from shared.platform.config import Settings
 
     settings = Settings(_env_file=None)
     assert all(NEEDLE not in origin for origin in settings.allowed_origins)

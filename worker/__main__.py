@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from shared.config import ConfigError, Settings, load_settings
-from shared.constants import ROLE_WORKER
-from shared.errors import LecternError
-from shared.ingestion import ALLOWED_SUFFIXES, DocumentInput, get_job, load_directory, submit_ingest
-from shared.logging import configure_logging
+from shared.ingestion.pipeline import ALLOWED_SUFFIXES, DocumentInput, get_job, load_directory, submit_ingest
+from shared.platform.config import ConfigError, Settings, load_settings
+from shared.platform.constants import ROLE_WORKER
+from shared.platform.errors import LecternError
+from shared.platform.logging import configure_logging
 
 ROLE_CLI = "cli"
 
@@ -39,7 +39,7 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 async def ingest_command(settings: Settings, paths: list[str], *, wait: bool, out: TextIO = sys.stderr) -> int:
     """Queue the documents; with `wait`, draw a progress bar until the job ends. Returns the exit code."""
-    from shared.clients import build_services
+    from shared.platform.clients import build_services
 
     documents = collect_documents(paths)
     services = await build_services(settings, role=ROLE_CLI)

@@ -1,4 +1,4 @@
-"""arq job functions and the worker's ingestion duties: thin wrappers over `shared.ingestion`.
+"""arq job functions and the worker's ingestion duties: thin wrappers over `shared.ingestion.pipeline`.
 
 arq owns the job's life: the job id is the ingest job id (`_job_id`, so one job is never queued twice),
 tries are arq's (`max_tries=INGEST_MAX_TRIES`, `ctx["job_try"]`), an outage defers the job with
@@ -10,7 +10,7 @@ Ingestion jobs run one at a time (redis-py's `Lock`, renewed while held), so two
 writes to one source. Besides the `ingest_documents` job, the worker process:
 
 - owns the embedded-mode Qdrant folder and serves it to the API processes (`VectorStoreRpcServer`);
-- every `RECONCILE_S` seconds (and at start) runs `shared.ingestion.reconcile_jobs`: a job that arq
+- every `RECONCILE_S` seconds (and at start) runs `shared.ingestion.pipeline.reconcile_jobs`: a job that arq
   ended without an outcome in its row (tries exhausted, ...) is failed with the reason, a job arq lost is
   queued again;
 - in development, on the first start (no documents, no jobs), ingests `DOCS_DIR` (once: the check and
@@ -35,13 +35,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlmodel import func as sql_func
 from sqlmodel import select
 
-import shared.sessions as sessions_service
-from shared.clients import Services
-from shared.config import Settings
-from shared.constants import INGEST_AUTO_LOCK_KEY, INGEST_LOCK_KEY, JOB_INGEST
-from shared.db.models import Document, IngestJob
-from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
-from shared.ingestion import (
+import shared.accounts.sessions as sessions_service
+from shared.ingestion.pipeline import (
     STATUS_FAILED,
     load_directory,
     mark_job,
@@ -49,8 +44,13 @@ from shared.ingestion import (
     run_ingest_job,
     submit_ingest,
 )
-from shared.logging import bind_context, get_logger
-from shared.vectorstore import CollectionMismatch, QdrantVectorStore, VectorStoreRpcServer
+from shared.platform.clients import Services
+from shared.platform.config import Settings
+from shared.platform.constants import INGEST_AUTO_LOCK_KEY, INGEST_LOCK_KEY, JOB_INGEST
+from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
+from shared.platform.logging import bind_context, get_logger
+from shared.stores.db.models import Document, IngestJob
+from shared.stores.vectorstore import CollectionMismatch, QdrantVectorStore, VectorStoreRpcServer
 
 log = get_logger(__name__)
 
@@ -109,7 +109,7 @@ OUTAGES = (UpstreamUnavailable, OSError, RedisConnectionError, RedisTimeoutError
 
 
 async def ingest_documents(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """Run one try of an ingestion job (see `shared.ingestion.run_ingest_job`).
+    """Run one try of an ingestion job (see `shared.ingestion.pipeline.run_ingest_job`).
 
     Hung past INGEST_JOB_TIMEOUT: the job is failed with a clear error. OpenAI, Qdrant, PostgreSQL or
     Redis unavailable: `arq.Retry` after the breaker's Retry-After, continuing from the checkpoint; on
@@ -206,7 +206,7 @@ CRON_JOBS: list[Any] = [cron(purge_expired_sessions, minute={17}, run_at_startup
 
 
 async def reconcile_once(services: Services) -> dict[str, list[str]]:
-    """`shared.ingestion.reconcile_jobs` with the worker's clients."""
+    """`shared.ingestion.pipeline.reconcile_jobs` with the worker's clients."""
     return await reconcile_jobs(settings=services.settings, sessions=services.sessions, redis=services.redis)
 
 

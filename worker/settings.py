@@ -10,11 +10,11 @@ from typing import Any
 
 from arq.worker import Worker
 
-from shared.clients import build_services, redis_settings
-from shared.config import Settings
-from shared.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
-from shared.logging import get_logger
-from shared.metrics import instrument_jobs
+from shared.platform.clients import build_services, redis_settings
+from shared.platform.config import Settings
+from shared.platform.constants import HEALTH_CHECK_KEY, QUEUE_NAME, ROLE_WORKER
+from shared.platform.logging import get_logger
+from shared.platform.metrics import instrument_jobs
 from worker.jobs import CRON_JOBS, job_functions, job_timeout, on_worker_shutdown, on_worker_startup
 
 log = get_logger(__name__)

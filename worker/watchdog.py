@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from shared.config import Settings, load_settings
-from shared.constants import HEALTH_CHECK_KEY
+from shared.platform.config import Settings, load_settings
+from shared.platform.constants import HEALTH_CHECK_KEY
 
 PROGRAM = "worker"
 RUNNING = 20  # supervisord ProcessStates.RUNNING
@@ -117,7 +117,7 @@ def run(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO =
                     rpc.supervisor.signalProcess(PROGRAM, "KILL")
                     dog.restarts += 1
                     dog.missing_since = None
-                    from shared.metrics import record_watchdog_restart
+                    from shared.platform.metrics import record_watchdog_restart
 
                     record_watchdog_restart("health_check_stale")
         except Exception as exc:

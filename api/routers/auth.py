@@ -12,13 +12,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.auth_support import AuthRuntime, client_ip, presented_tokens
 from api.deps import AuthRuntimeDep, CurrentAuth, OptionalAuth
-from shared.auth import hash_password_async, verify_password_async
-from shared.db.models import User, UserProfile
-from shared.errors import Unauthorized
-from shared.logging import get_logger
-from shared.resilience import Upstream
-from shared.sessions import AuthContext, create_session, revoke_session
-from shared.users import (
+from shared.accounts.auth import hash_password_async, verify_password_async
+from shared.accounts.sessions import AuthContext, create_session, revoke_session
+from shared.accounts.users import (
     PROFILE_FIELDS,
     Proficiency,
     create_user,
@@ -27,6 +23,10 @@ from shared.users import (
     normalise_email,
     update_profile,
 )
+from shared.platform.errors import Unauthorized
+from shared.platform.logging import get_logger
+from shared.platform.resilience import Upstream
+from shared.stores.db.models import User, UserProfile
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 log = get_logger(__name__)

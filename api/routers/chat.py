@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field, field_validator
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
 from api.sse import EventStreamResponse, format_event, format_text_event
-from shared.chat import Citations, Delta, Meta, Turn, answer_turn, answer_whole, open_turn
-from shared.clients import Services
-from shared.logging import get_logger
+from shared.answers.chat import Citations, Delta, Meta, Turn, answer_turn, answer_whole, open_turn
+from shared.platform.clients import Services
+from shared.platform.logging import get_logger
 
 router = APIRouter(tags=["chat"])
 log = get_logger(__name__)

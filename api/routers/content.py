@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import ChatRateLimitDep, ServicesDep
-from shared.content import Level, adjust_texts, translate_texts
+from shared.answers.content import Level, adjust_texts, translate_texts
 
 router = APIRouter(tags=["content"], dependencies=[ChatRateLimitDep])
 

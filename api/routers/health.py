@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 
 import shared
 from api.deps import ServicesDep
-from shared.circuit_state import ProcessObservers, merged_circuits
-from shared.constants import SERVICE_NAME
-from shared.readiness import ReadinessProbe
+from shared.platform.circuit_state import ProcessObservers, merged_circuits
+from shared.platform.constants import SERVICE_NAME
+from shared.platform.readiness import ReadinessProbe
 
 #: Response header naming the process that answered (lets tests and operators see every worker agrees).
 SERVED_BY = "X-Served-By"

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import CurrentUser, DbSession
-from shared import history
+from shared.accounts import history
 
 router = APIRouter(prefix="/api/chat", tags=["history"])
 

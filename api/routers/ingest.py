@@ -11,8 +11,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from api.deps import AdminKey, ServicesDep, SettingsDep, VectorStoreDep
-from shared.errors import InvalidInput
-from shared.ingestion import (
+from shared.ingestion.pipeline import (
     MAX_DOCUMENTS,
     DocumentInput,
     delete_document,
@@ -24,6 +23,7 @@ from shared.ingestion import (
     load_directory,
     submit_ingest,
 )
+from shared.platform.errors import InvalidInput
 
 router = APIRouter(tags=["ingestion"])
 

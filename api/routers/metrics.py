@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-import shared.metrics as metrics
+import shared.platform.metrics as metrics
 
 router = APIRouter(tags=["operations"])
 

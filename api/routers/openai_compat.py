@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ChatRateLimitDep, OptionalUser, ServicesDep
 from api.errors import stream_error_payload
 from api.sse import EventStreamResponse, format_event
-from shared.chat import Citations, Delta, Meta, Turn, answer_turn, answer_whole, open_turn
-from shared.clients import Services
-from shared.errors import InvalidInput
-from shared.llm import Message
-from shared.logging import get_logger
+from shared.answers.chat import Citations, Delta, Meta, Turn, answer_turn, answer_whole, open_turn
+from shared.inference.llm import Message
+from shared.platform.clients import Services
+from shared.platform.errors import InvalidInput
+from shared.platform.logging import get_logger
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 log = get_logger(__name__)

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from sqlalchemy import update
 
 from api.auth_support import COOKIE_NAME
-from shared.auth import hash_token, new_token, sign_cookie_value
-from shared.constants import SESSION_CACHE_PREFIX
-from shared.db.models import AuthSession, utcnow
+from shared.accounts.auth import hash_token, new_token, sign_cookie_value
+from shared.platform.constants import SESSION_CACHE_PREFIX
+from shared.stores.db.models import AuthSession, utcnow
 from tests.utils.auth_app import BACKENDS, auth_settings, running_app
 
 PASSWORD = "s3cret-pass"

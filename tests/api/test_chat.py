@@ -8,9 +8,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.answering import LEVELS, LLM_DOWN_NOTE, NOT_COVERED
-from shared.clients import Services
-from shared.resilience import Upstream
+from shared.answers.answering import LEVELS, LLM_DOWN_NOTE, NOT_COVERED
+from shared.platform.clients import Services
+from shared.platform.resilience import Upstream
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import app_client, client, corpus_store, sign_up
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from shared.answering import NOT_COVERED
-from shared.followup import REWRITE_MAX_TOKENS, REWRITE_SYSTEM_PROMPT
+from shared.answers.answering import NOT_COVERED
+from shared.answers.followup import REWRITE_MAX_TOKENS, REWRITE_SYSTEM_PROMPT
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import app_client, client, corpus_store, sign_up
 from tests.utils.sse import iter_events

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from shared.answering import OFFLINE_NOTE
-from shared.vectorstore import VectorStore
+from shared.answers.answering import OFFLINE_NOTE
+from shared.stores.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import chat_app, chat_settings, offline_corpus_store
 from tests.utils.sse import iter_events

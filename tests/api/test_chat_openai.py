@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from shared.vectorstore import VectorStore
+from shared.stores.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store, served
 

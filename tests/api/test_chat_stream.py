@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.clients import Services
-from shared.vectorstore import VectorStore
+from shared.platform.clients import Services
+from shared.stores.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store, served, sign_up
 from tests.utils.sse import Event, iter_events
@@ -149,7 +149,7 @@ async def test_upstream_down_before_first_token_falls_back(
 ) -> None:
     """An open breaker: the stream announces `extractive` and quotes cited passages."""
     services: Services = server[0].state.services
-    from shared.resilience import Upstream
+    from shared.platform.resilience import Upstream
 
     for _ in range(services.settings.circuit_failure_threshold):
         services.resilience.record_failure(Upstream.OPENAI, ConnectionError("down"))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.config import DEFAULT_CORS_ORIGINS, ConfigError, Settings, load_settings
+from shared.platform.config import DEFAULT_CORS_ORIGINS, ConfigError, Settings, load_settings
 from tests.utils.inprocess import make_settings, running_app
 
 ALLOWED = "https://physical-ai-textbook.vercel.app"

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from shared.errors import Conflict, RateLimited, UpstreamUnavailable
+from shared.platform.errors import Conflict, RateLimited, UpstreamUnavailable
 from tests.utils.inprocess import captured_log, make_settings, running_app
 
 SECRET = "sk-envelope-marker-7f3a9c"

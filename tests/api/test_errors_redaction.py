@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from shared.clients import describe_upstreams
-from shared.config import Settings, redact_url
-from shared.logging import REDACTED, Redactor, configure_logging, get_logger
+from shared.platform.clients import describe_upstreams
+from shared.platform.config import Settings, redact_url
+from shared.platform.logging import REDACTED, Redactor, configure_logging, get_logger
 from tests.utils.inprocess import captured_log
 
 OPENAI = "oaiRedactMarker1a2b3c"

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from shared.vectorstore import VectorStore
+from shared.stores.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import chat_app, chat_settings, corpus_store, sign_up
 

@@ -15,8 +15,8 @@ import pytest_asyncio
 from arq.jobs import Job, JobStatus
 
 from api.main import create_app
-from shared.constants import QUEUE_NAME
-from shared.db.migrate import upgrade
+from shared.platform.constants import QUEUE_NAME
+from shared.stores.db.migrate import upgrade
 from tests.worker.harness import ingest_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

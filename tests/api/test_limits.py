@@ -15,7 +15,7 @@ from limits.aio.storage import RedisStorage
 from limits.storage import storage_from_string
 
 from api.deps import ChatRateLimitDep
-from shared.ratelimit import Limit, RateLimiter, client_ip, storage_uri
+from shared.platform.ratelimit import Limit, RateLimiter, client_ip, storage_uri
 from tests.utils.inprocess import make_settings, running_app
 
 

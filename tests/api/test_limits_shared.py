@@ -18,8 +18,8 @@ import limits
 import redis.asyncio as redis_async
 
 from api.deps import ChatRateLimitDep
-from shared.config import Settings
-from shared.constants import RATE_LIMIT_PREFIX
+from shared.platform.config import Settings
+from shared.platform.constants import RATE_LIMIT_PREFIX
 from tests.utils.auth_app import auth_settings, running_app
 
 N = 5

@@ -69,7 +69,7 @@ def test_dockerignore_keeps_secrets_and_junk_out_but_the_app_in() -> None:
     rules = dockerignore_rules(REPO / ".dockerignore")
     for ignored in (".env", ".git/config", ".venv/bin/python", "data/lectern.db", "api/__pycache__/main.pyc"):
         assert is_ignored(ignored, rules), ignored
-    for kept in ("scripts/start", "supervisord.conf", "api/main.py", "shared/config.py", "requirements.txt"):
+    for kept in ("scripts/start", "supervisord.conf", "api/main.py", "shared/platform/config.py", "requirements.txt"):
         assert not is_ignored(kept, rules), kept
 
 

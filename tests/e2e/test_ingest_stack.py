@@ -23,12 +23,12 @@ import httpx
 import pytest
 from arq.jobs import Job
 
-from shared.chunking import chunk_markdown
-from shared.clients import create_redis
-from shared.config import Settings
-from shared.constants import QUEUE_NAME
-from shared.sparse import encode_query
-from shared.vectorstore import RemoteVectorStore
+from shared.ingestion.chunking import chunk_markdown
+from shared.platform.clients import create_redis
+from shared.platform.config import Settings
+from shared.platform.constants import QUEUE_NAME
+from shared.stores.sparse import encode_query
+from shared.stores.vectorstore import RemoteVectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.corpus import corpus_dir
 from tests.utils.stack import Stack, wait_for

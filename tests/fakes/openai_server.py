@@ -90,7 +90,7 @@ class FakeState:
         return self.fault
 
 
-#: How Lectern's follow-up rewrite prompt starts (shared.followup.REWRITE_SYSTEM_PROMPT).
+#: How Lectern's follow-up rewrite prompt starts (shared.answers.followup.REWRITE_SYSTEM_PROMPT).
 REWRITE_PROMPT_START = "You rewrite a reader's follow-up question"
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from shared.circuit_state import CircuitSync
-from shared.config import Settings
-from shared.errors import UpstreamUnavailable
-from shared.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.circuit_state import CircuitSync
+from shared.platform.config import Settings
+from shared.platform.errors import UpstreamUnavailable
+from shared.platform.resilience import Resilience, RetryPolicy, Upstream
 
 FAST = RetryPolicy(max_tries=2, max_time_s=2, base_s=0.01, cap_s=0.02)
 

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.answering import (
+from shared.accounts.history import title_from_query
+from shared.answers.answering import (
     LEVELS,
     NOT_COVERED,
     OFFLINE_NOTE,
@@ -17,13 +18,12 @@ from shared.answering import (
     plan_answer,
     source_label,
 )
-from shared.clients import Services, build_services
-from shared.config import Settings
-from shared.constants import ROLE_API
-from shared.content import protect_code, restore_code
-from shared.history import title_from_query
-from shared.resilience import Upstream
-from shared.retrieval import Passage
+from shared.answers.content import protect_code, restore_code
+from shared.answers.retrieval import Passage
+from shared.platform.clients import Services, build_services
+from shared.platform.config import Settings
+from shared.platform.constants import ROLE_API
+from shared.platform.resilience import Upstream
 from tests.conftest import REDIS_TEST_URL
 
 CONTENT = (

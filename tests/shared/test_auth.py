@@ -10,7 +10,7 @@ import pytest
 from fastapi import Response
 
 from api.auth_support import COOKIE_NAME, SECURE_COOKIE_NAME, CookiePolicy
-from shared.auth import (
+from shared.accounts.auth import (
     SCRYPT_PARAMS,
     hash_password,
     hash_token,

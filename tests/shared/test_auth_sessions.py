@@ -9,12 +9,19 @@ from datetime import timedelta
 import pytest
 from redis.asyncio import Redis
 
-from shared.auth import hash_password, hash_token
-from shared.cache import SessionCache
-from shared.clients import Services, build_services
-from shared.db.models import AuthSession, User, utcnow
-from shared.sessions import RENEW_AFTER, SESSION_TTL, AuthContext, create_session, resolve_session, revoke_session
-from shared.users import create_user
+from shared.accounts.auth import hash_password, hash_token
+from shared.accounts.cache import SessionCache
+from shared.accounts.sessions import (
+    RENEW_AFTER,
+    SESSION_TTL,
+    AuthContext,
+    create_session,
+    resolve_session,
+    revoke_session,
+)
+from shared.accounts.users import create_user
+from shared.platform.clients import Services, build_services
+from shared.stores.db.models import AuthSession, User, utcnow
 from tests.utils.auth_app import BACKENDS, auth_settings
 
 PASSWORD_HASH = hash_password("irrelevant-here")
@@ -25,7 +32,7 @@ async def services(request: pytest.FixtureRequest, pg_database_factory: Callable
     """Services (engine, Redis) over a migrated SQLite or PostgreSQL database."""
     import asyncio
 
-    from shared.db.migrate import upgrade
+    from shared.stores.db.migrate import upgrade
 
     settings = auth_settings(request.param, pg_database_factory)
     await asyncio.to_thread(upgrade, settings)

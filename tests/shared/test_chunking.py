@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from shared.chunking import ASKS, EXPLAINS, Chunk, chunk_markdown, docs_url, heading_slug, parse_front_matter
+from shared.ingestion.chunking import ASKS, EXPLAINS, Chunk, chunk_markdown, docs_url, heading_slug, parse_front_matter
 from tests.utils.corpus import corpus_dir
 
 SITE = "https://book.example"

@@ -1,4 +1,4 @@
-"""`shared.clients`: the OpenAI client keeps its connections through a lull (the fake server behind a
+"""`shared.platform.clients`: the OpenAI client keeps its connections through a lull (the fake server behind a
 counting TCP proxy), and an API process opens its store-RPC Redis connections at start (the machine's
 Redis)."""
 
@@ -10,9 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from shared.clients import Services, build_services, create_openai_client
-from shared.config import Settings
-from shared.constants import EMBEDDED_STORE_CONCURRENCY, ROLE_API, ROLE_WORKER
+from shared.platform.clients import Services, build_services, create_openai_client
+from shared.platform.config import Settings
+from shared.platform.constants import EMBEDDED_STORE_CONCURRENCY, ROLE_API, ROLE_WORKER
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.tcp_proxy import TcpProxy
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import DEFAULT_CORS_ORIGINS, ConfigError, Settings, load_settings, normalise_database_url
+from shared.platform.config import DEFAULT_CORS_ORIGINS, ConfigError, Settings, load_settings, normalise_database_url
 
 NEON = "postgresql://neon_owner:npg_s3cretPw@ep-cool-moon-123456.eu-central-1.aws.neon.tech/neondb?sslmode=require"
 ENV_NAMES = (

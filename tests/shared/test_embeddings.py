@@ -1,4 +1,4 @@
-"""`shared.embeddings.Embedder` against the fake OpenAI server: vectors in order, 429 pauses, dimension checks."""
+"""`shared.inference.embeddings.Embedder` against the fake OpenAI server: vectors in order, 429 pauses, dimension checks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.clients import create_openai_client
-from shared.config import Settings
-from shared.embeddings import Embedder
-from shared.resilience import Resilience, RetryPolicy, Upstream
+from shared.inference.embeddings import Embedder
+from shared.platform.clients import create_openai_client
+from shared.platform.config import Settings
+from shared.platform.resilience import Resilience, RetryPolicy, Upstream
 from tests.fakes.openai_server import FakeOpenAI, fake_embedding_array
 
 FAST = RetryPolicy(max_tries=3, max_time_s=10, base_s=0.01, cap_s=0.02, max_retry_after_s=2)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.extractive import Extract, asks_for_code, compose_extractive, plain_text_blocks
-from shared.retrieval import Passage
+from shared.answers.extractive import Extract, asks_for_code, compose_extractive, plain_text_blocks
+from shared.answers.retrieval import Passage
 from tests.utils.corpus import corpus_dir
 
 NOTE = "Here are the most relevant passages from the book."

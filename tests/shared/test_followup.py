@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.followup import is_about_previous_answer, is_standalone, rule_based_query
-from shared.llm import Message
+from shared.answers.followup import is_about_previous_answer, is_standalone, rule_based_query
+from shared.inference.llm import Message
 
 
 def _history(*questions: str) -> list[Message]:

@@ -1,4 +1,4 @@
-"""`shared.llm.open_stream` against the fake OpenAI server: deltas, idle timeout, disconnects and errors."""
+"""`shared.inference.llm.open_stream` against the fake OpenAI server: deltas, idle timeout, disconnects and errors."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from shared.clients import Services, build_services
-from shared.config import Settings
-from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
-from shared.llm import LlmStalled, open_stream
-from shared.resilience import Resilience, RetryPolicy, Upstream
+from shared.inference.llm import LlmStalled, open_stream
+from shared.platform.clients import Services, build_services
+from shared.platform.config import Settings
+from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
+from shared.platform.resilience import Resilience, RetryPolicy, Upstream
 from tests.conftest import REDIS_TEST_URL
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -13,8 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.main import create_app
-from shared.config import Settings
-from shared.logging import Redactor, bind_context, clear_context, configure_logging, get_logger, scrub_token_patterns
+from shared.platform.config import Settings
+from shared.platform.logging import (
+    Redactor,
+    bind_context,
+    clear_context,
+    configure_logging,
+    get_logger,
+    scrub_token_patterns,
+)
 
 DB_PASSWORD = "pgLogMarker8842"
 OPENAI_KEY = "sk-logMarker5519abc"
@@ -151,7 +158,7 @@ def test_scrub_runs_only_the_patterns_that_can_match(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["retrieval.done", "2026-11-26T16:00:00.123Z", "info", "shared.retrieval", "caf\u00e9"]
+    "text", ["retrieval.done", "2026-11-26T16:00:00.123Z", "info", "shared.answers.retrieval", "caf\u00e9"]
 )
 def test_scrub_leaves_plain_values_alone(text: str) -> None:
     """Values without any token hint come back unchanged."""

@@ -20,7 +20,7 @@ from bench.quality import (
     first_hit,
     load_qa_set,
 )
-from shared.sparse import tokenize
+from shared.stores.sparse import tokenize
 from tests.utils.corpus import corpus_dir
 
 #: Sections that list or point elsewhere rather than explain: never an expected answer.

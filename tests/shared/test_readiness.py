@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shared.clients import Services, build_services
-from shared.config import Settings
-from shared.constants import HEALTH_CHECK_KEY
-from shared.db.migrate import upgrade
-from shared.readiness import CHECK_TIMEOUT_S, ReadinessProbe, overall_status
+from shared.platform.clients import Services, build_services
+from shared.platform.config import Settings
+from shared.platform.constants import HEALTH_CHECK_KEY
+from shared.platform.readiness import CHECK_TIMEOUT_S, ReadinessProbe, overall_status
+from shared.stores.db.migrate import upgrade
 from tests.fakes.openai_server import free_port
 
 PASSWORD = "readyPwMarker4412"

@@ -1,4 +1,4 @@
-"""Breakers, retries and error classification (`shared.resilience`), in-process and fast.
+"""Breakers, retries and error classification (`shared.platform.resilience`), in-process and fast.
 
 The breaker tests run twice: `local` (a process alone, as when Redis is out of reach) and `shared` (the
 state in Redis under a key prefix of the test's own), so both keep the same rules.
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared.config import Settings
-from shared.errors import NotFound, UpstreamMisconfigured, UpstreamUnavailable
-from shared.resilience import ErrorKind, Resilience, RetryPolicy, Upstream, classify_error
+from shared.platform.config import Settings
+from shared.platform.errors import NotFound, UpstreamMisconfigured, UpstreamUnavailable
+from shared.platform.resilience import ErrorKind, Resilience, RetryPolicy, Upstream, classify_error
 
 FAST = RetryPolicy(max_tries=3, max_time_s=5, base_s=0.01, cap_s=0.02)
 

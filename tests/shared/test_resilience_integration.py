@@ -21,14 +21,14 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-import shared.metrics as metrics
+import shared.platform.metrics as metrics
 from api.observability import DeadlineMiddleware
-from shared.circuit_state import CircuitSync, merge_processes, merged_circuits, read_processes
-from shared.config import Settings
-from shared.db.engine import create_engine
-from shared.db_resilience import attach_database_breaker
-from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
-from shared.resilience import Resilience, Upstream
+from shared.platform.circuit_state import CircuitSync, merge_processes, merged_circuits, read_processes
+from shared.platform.config import Settings
+from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
+from shared.platform.resilience import Resilience, Upstream
+from shared.stores.db.engine import create_engine
+from shared.stores.db_resilience import attach_database_breaker
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.tcp_proxy import TcpProxy
 from worker.watchdog import RUNNING, Watchdog

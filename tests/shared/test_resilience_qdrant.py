@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from shared.clients import build_services
-from shared.config import Settings
-from shared.errors import UpstreamMisconfigured, UpstreamUnavailable
-from shared.readiness import ReadinessProbe
-from shared.resilience import Resilience, RetryPolicy, Upstream
-from shared.vectorstore import create_vector_store
+from shared.platform.clients import build_services
+from shared.platform.config import Settings
+from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
+from shared.platform.readiness import ReadinessProbe
+from shared.platform.resilience import Resilience, RetryPolicy, Upstream
+from shared.stores.vectorstore import create_vector_store
 from tests.fakes.openai_server import free_port
 
 KEY = "qdrant-secret-key-0123456789"

@@ -25,10 +25,10 @@ import pytest
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from shared.circuit_state import CircuitSync, merged_circuits
-from shared.config import Settings
-from shared.errors import UpstreamUnavailable
-from shared.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.circuit_state import CircuitSync, merged_circuits
+from shared.platform.config import Settings
+from shared.platform.errors import UpstreamUnavailable
+from shared.platform.resilience import Resilience, RetryPolicy, Upstream
 from tests.fakes.openai_server import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def settings_for(recovery: float) -> Settings:
 
 
 def chat(client: AsyncOpenAI) -> Callable[[], Any]:
-    """One chat completion (what shared.llm sends), as a thunk for `Resilience.call`."""
+    """One chat completion (what shared.inference.llm sends), as a thunk for `Resilience.call`."""
     return lambda: client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
 

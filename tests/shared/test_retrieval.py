@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.clients import Services
-from shared.config import Settings
-from shared.retrieval import retrieve, term_coverage
-from shared.sparse import tokenize
+from shared.answers.retrieval import retrieve, term_coverage
+from shared.platform.clients import Services
+from shared.platform.config import Settings
+from shared.stores.sparse import tokenize
 from tests.conftest import REDIS_TEST_URL
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import corpus_files, indexed_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from shared.sparse import AVG_DOC_LEN, K1, B, encode_document, encode_query, term_id, tokenize
+from shared.stores.sparse import AVG_DOC_LEN, K1, B, encode_document, encode_query, term_id, tokenize
 
 
 def test_tokenize_lowercases_stems_and_drops_stop_words() -> None:
@@ -45,7 +45,7 @@ def test_indices_are_sorted_unique_u32() -> None:
 
 def test_term_ids_are_stable_across_processes() -> None:
     """Ids come from a fixed hash, not Python's randomised hash(): another process agrees."""
-    code = "from shared.sparse import term_id; print(term_id('robot'))"
+    code = "from shared.stores.sparse import term_id; print(term_id('robot'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(other.stdout) == term_id("robot")
 

@@ -18,8 +18,8 @@ API_PROCESS = textwrap.dedent(
     import asyncio, json, sys
 
     from api.main import create_app
-    from shared.config import Settings
-    from shared.vectorstore import RemoteVectorStore
+    from shared.platform.config import Settings
+    from shared.stores.vectorstore import RemoteVectorStore
 
     async def main() -> None:
         settings = Settings(_env_file=None, data_dir=sys.argv[1], redis_url=sys.argv[2], log_level="WARNING")
@@ -27,7 +27,7 @@ API_PROCESS = textwrap.dedent(
         async with app.router.lifespan_context(app):
             store = app.state.services.vectorstore
             loaded = "qdrant_client" in sys.modules
-        from shared.vectorstore import QdrantVectorStore  # still importable by name, loaded on access
+        from shared.stores.vectorstore import QdrantVectorStore  # still importable by name, loaded on access
 
         print(json.dumps({
             "remote": isinstance(store, RemoteVectorStore),

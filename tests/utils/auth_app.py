@@ -16,8 +16,8 @@ import redis as redis_sync
 from fastapi import FastAPI
 
 from api.main import create_app
-from shared.config import Settings
-from shared.db.migrate import upgrade
+from shared.platform.config import Settings
+from shared.stores.db.migrate import upgrade
 
 REDIS_TEST_URL = os.environ.get("LECTERN_TEST_REDIS", "redis://127.0.0.1:6379")
 BACKENDS = ("sqlite", "postgresql")

@@ -18,12 +18,12 @@ import pytest
 from fastapi import FastAPI
 
 from api.main import create_app
-from shared.clients import Services, build_services
-from shared.config import Settings
-from shared.constants import ROLE_WORKER
-from shared.db.migrate import upgrade
-from shared.ingestion import load_directory, run_ingest_job, submit_ingest
-from shared.vectorstore import VectorStore
+from shared.ingestion.pipeline import load_directory, run_ingest_job, submit_ingest
+from shared.platform.clients import Services, build_services
+from shared.platform.config import Settings
+from shared.platform.constants import ROLE_WORKER
+from shared.stores.db.migrate import upgrade
+from shared.stores.vectorstore import VectorStore
 from tests.utils.corpus import corpus_dir
 
 REPO = Path(__file__).resolve().parents[2]

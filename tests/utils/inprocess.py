@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shared.config import Settings
-from shared.constants import RATE_LIMIT_PREFIX
-from shared.db.migrate import upgrade
-from shared.logging import ScrubbingFormatter
+from shared.platform.config import Settings
+from shared.platform.constants import RATE_LIMIT_PREFIX
+from shared.platform.logging import ScrubbingFormatter
+from shared.stores.db.migrate import upgrade
 from tests.conftest import REDIS_TEST_URL
 
 

@@ -24,10 +24,10 @@ from arq.worker import Worker
 from fastapi import FastAPI
 
 from api.main import create_app
-from shared.clients import Services
-from shared.config import Settings
-from shared.db.migrate import upgrade
-from shared.vectorstore import QdrantVectorStore
+from shared.platform.clients import Services
+from shared.platform.config import Settings
+from shared.stores.db.migrate import upgrade
+from shared.stores.vectorstore import QdrantVectorStore
 from tests.conftest import REDIS_TEST_URL
 from tests.utils.corpus import corpus_dir
 from worker.settings import build_worker

@@ -18,13 +18,13 @@ import pytest_asyncio
 from arq.jobs import Job, JobStatus
 from qdrant_client import QdrantClient
 
-from shared.config import Settings
-from shared.constants import JOB_INGEST, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME
-from shared.db.models import IngestJob, IngestJobDocument, utcnow
-from shared.ingestion import RECONCILE_GRACE_S, reconcile_jobs
-from shared.resilience import Upstream
-from shared.sparse import encode_query
-from shared.vectorstore import CollectionMismatch, QdrantVectorStore
+from shared.ingestion.pipeline import RECONCILE_GRACE_S, reconcile_jobs
+from shared.platform.config import Settings
+from shared.platform.constants import JOB_INGEST, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME
+from shared.platform.resilience import Upstream
+from shared.stores.db.models import IngestJob, IngestJobDocument, utcnow
+from shared.stores.sparse import encode_query
+from shared.stores.vectorstore import CollectionMismatch, QdrantVectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.worker.harness import IngestEnv, ingest_env, ingest_settings
 

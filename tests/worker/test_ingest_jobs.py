@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from shared.db.models import Document
-from shared.sparse import encode_query
+from shared.stores.db.models import Document
+from shared.stores.sparse import encode_query
 from tests.fakes.openai_server import FakeOpenAI
 from tests.worker.harness import IngestEnv, corpus_documents, ingest_env, ingest_settings
 
@@ -167,7 +167,7 @@ async def test_rate_limited_embeddings_wait_for_retry_after(env: IngestEnv, fake
 
 async def test_duplicate_enqueue_is_harmless(env: IngestEnv) -> None:
     """Enqueueing the same job id again does not run it twice (arq job id = ingest job id)."""
-    from shared.ingestion import enqueue_job
+    from shared.ingestion.pipeline import enqueue_job
 
     job_id = await env.submit([{"source": "dup/one.md", "content": "# One\n\nGripper fingers."}])
     await enqueue_job(redis=env.app.state.services.redis, job_id=job_id)

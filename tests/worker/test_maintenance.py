@@ -6,12 +6,12 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
-from shared.clients import build_services
-from shared.config import Settings
-from shared.constants import JOB_INGEST
-from shared.db.migrate import upgrade
-from shared.db.models import AuthSession, User, utcnow
-from shared.sessions import purge_expired_sessions
+from shared.accounts.sessions import purge_expired_sessions
+from shared.platform.clients import build_services
+from shared.platform.config import Settings
+from shared.platform.constants import JOB_INGEST
+from shared.stores.db.migrate import upgrade
+from shared.stores.db.models import AuthSession, User, utcnow
 from worker.jobs import JOB_TIMEOUT_GRACE_S
 from worker.jobs import purge_expired_sessions as purge_job
 from worker.settings import build_worker

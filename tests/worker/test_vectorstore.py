@@ -17,11 +17,11 @@ import pytest
 import pytest_asyncio
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
-from shared.clients import Services, create_redis
-from shared.config import Settings
-from shared.constants import DENSE_VECTOR, SPARSE_VECTOR
-from shared.sparse import encode_document, encode_query
-from shared.vectorstore import (
+from shared.platform.clients import Services, create_redis
+from shared.platform.config import Settings
+from shared.platform.constants import DENSE_VECTOR, SPARSE_VECTOR
+from shared.stores.sparse import encode_document, encode_query
+from shared.stores.vectorstore import (
     RPC_REPLY_PREFIX,
     RPC_REQUESTS_KEY,
     RPC_SERVER_KEY,
@@ -32,8 +32,8 @@ from shared.vectorstore import (
     VectorStoreRpcServer,
     point_id,
 )
-from shared.vectorstore.qdrant import CANDIDATES_PER_LEG
-from shared.vectorstore.remote import _decode_args, _encode_args
+from shared.stores.vectorstore.qdrant import CANDIDATES_PER_LEG
+from shared.stores.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
 from tests.utils.chat_corpus import chat_settings, indexed_store
 from tests.worker.harness import ingest_settings

@@ -1,0 +1,1 @@
+"""From a reader's question to an answer: follow-ups, retrieval, generative and extractive answers."""

@@ -1,0 +1,256 @@
+"""Hybrid retrieval: a question (and the reader's selected text) -> the passages relevant enough to use.
+
+One vector-store round trip runs Qdrant's Query API with a dense and a `bm25` prefetch fused by RRF and
+returns each hit's raw scores. The dense vectors are the operator's embedding model's online, and the
+bundled local model's offline (`shared.inference.semantic`); with the embeddings API failing, BM25 alone.
+
+The candidates are then ranked (`_rank`: one passage per section, sections that explain before sections
+that ask, the store's order nudged by the section's heading and by a definition of the subject) and
+gated. RRF scores are rank based, so they cannot tell "relevant" from "best of a bad lot"; the gate uses
+signals with a meaning of their own:
+
+- term coverage: the share of the question's content terms (stemmed, stop words and question-framing
+  words removed) found in the passage, against `RETRIEVAL_MIN_TERM_COVERAGE`;
+- the local model's similarity of question and passage, whatever the operator's embedding model, against
+  `RETRIEVAL_MIN_SEMANTIC_SCORE` offline (the gate has the last word) or the lower
+  `RETRIEVAL_OFFTOPIC_SEMANTIC_SCORE` online (only the clearly off-topic is refused before the model,
+  which is told to say when the passages do not answer);
+- online, the operator's dense cosine against `RETRIEVAL_MIN_DENSE_SCORE`, with a shared term.
+
+With selected text, it also drives retrieval (appended to the query) and counts for coverage. The
+measurements behind the bars are in docs/notes/quality.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from dataclasses import dataclass
+
+from shared.answers.extractive import defines_subject
+from shared.answers.passages import Passage
+from shared.ingestion.chunking import ASKS as SECTION_ASKS
+from shared.ingestion.chunking import EXPLAINS as SECTION_EXPLAINS
+from shared.platform.clients import Services
+from shared.platform.constants import EMBEDDED_STORE_CONCURRENCY
+from shared.platform.errors import UpstreamUnavailable
+from shared.platform.logging import get_logger
+from shared.platform.resilience import Upstream
+from shared.stores.sparse import encode_query, tokenize
+from shared.stores.vectorstore.protocol import ScoredChunk
+
+__all__ = ["SECTION_ASKS", "SECTION_EXPLAINS", "Passage", "retrieve", "term_coverage"]
+
+log = get_logger(__name__)
+
+#: How much selected text goes into the retrieval query (embeddings and BM25 both cope, but more adds noise).
+SELECTED_QUERY_CHARS = 1500
+#: A question's embedding normally takes ~100 ms; past this (or the stream idle timeout) use BM25 alone.
+EMBED_QUERY_TIMEOUT_S = 5.0
+#: Candidates fetched for ranking and the relevance gate, as a multiple of the passages finally used.
+CANDIDATE_FACTOR = 4
+#: How much a section's own heading naming the question's subject moves it up, against the store's
+#: hybrid order scored 1..0 (`_rank`): its share of the question's terms, and its similarity.
+HEADING_TERMS_WEIGHT = 0.1
+HEADING_SEMANTIC_WEIGHT = 0.25
+#: A "what is X?" question moves a section that opens by defining X up by this much (as above).
+DEFINITION_WEIGHT = 0.5
+#: Words that frame a question rather than name its subject ("tell me about LiDAR", "what do I need"):
+#: left out of term coverage, so the subject decides.
+QUESTION_FRAME_TERMS = frozenset(
+    {"tell", "explain", "describ", "need", "use", "work", "mean", "exampl", "give", "show", "know", "learn"}
+)
+#: Vector-store queries in flight per process: `EMBEDDED_STORE_CONCURRENCY` (shared.platform.constants) for the
+#: embedded store; a server takes many more.
+SERVER_STORE_CONCURRENCY = 64
+_GATE = "retrieval.store_gate"
+
+
+def _store_gate(services: Services) -> asyncio.Semaphore:
+    """The process's cap on concurrent vector-store queries (created in the running loop, kept in extras)."""
+    gate = services.extras.get(_GATE)
+    if gate is None:
+        size = EMBEDDED_STORE_CONCURRENCY if services.settings.embedded_qdrant else SERVER_STORE_CONCURRENCY
+        gate = services.extras[_GATE] = asyncio.Semaphore(size)
+    assert isinstance(gate, asyncio.Semaphore)
+    return gate
+
+
+def term_coverage(question_terms: set[str], text: str) -> float:
+    """Share of the question's content terms that occur in `text` (0 when the question has none)."""
+    if not question_terms:
+        return 0.0
+    present = question_terms & _terms(text)
+    return len(present) / len(question_terms)
+
+
+@functools.lru_cache(maxsize=4096)
+def _terms(text: str) -> frozenset[str]:
+    """The analysed terms of a passage. Cached: the same passages come back for many questions, and
+    stemming one (~50 us) was a tenth of a chat request's own CPU in the API process."""
+    return frozenset(tokenize(text))
+
+
+def _relevant(passage: Passage, *, gate: Gate) -> bool:
+    if passage.coverage >= gate.min_coverage:
+        return True
+    if passage.semantic_score is not None and passage.semantic_score >= gate.min_semantic:
+        return True
+    # The operator's own embedding model may admit a paraphrase too, with some shared vocabulary:
+    # embeddings alone also score "the capital of France" against any passage of the same sentence shape.
+    return passage.dense_score is not None and passage.dense_score >= gate.min_dense and passage.coverage > 0
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The relevance gate's bars for one query."""
+
+    min_coverage: float
+    min_semantic: float
+    min_dense: float
+
+
+def _gate(services: Services, *, min_dense_score: float | None, min_term_coverage: float | None) -> Gate:
+    """Offline the gate is the last word, so it asks for a clearly relevant passage. Online the model reads
+    the passages with the instruction to say when they do not answer, so only the clearly off-topic is
+    refused before it (the lower semantic bar)."""
+    settings = services.settings
+    llm_ready = services.openai is not None and not services.resilience.is_open(Upstream.OPENAI)
+    return Gate(
+        min_coverage=settings.retrieval_min_term_coverage if min_term_coverage is None else min_term_coverage,
+        min_semantic=settings.retrieval_offtopic_semantic_score if llm_ready else settings.retrieval_min_semantic_score,
+        min_dense=settings.retrieval_min_dense_score if min_dense_score is None else min_dense_score,
+    )
+
+
+def _section_key(passage: Passage) -> tuple[str, str]:
+    return passage.source, passage.url or passage.heading or ""
+
+
+def _rank(passages: list[Passage]) -> list[Passage]:
+    """Best first, one passage per section.
+
+    Sections that ask (review questions, objectives, reading lists, exercises) come after every section
+    that explains: they repeat a topic's words without teaching it. Among the rest, the store's hybrid
+    order (dense + BM25 fused by rank) leads, nudged towards the section whose own heading names the
+    question's subject, so a section titled by the topic beats a broad chapter introduction that mentions
+    it. Measured on the book's question set: re-ranking by the whole passage's semantic similarity instead
+    lost more than it won (the static model favours broad sections).
+    """
+    count = len(passages)
+    keyed: list[tuple[bool, float, Passage]] = []
+    for position, passage in enumerate(passages):
+        fused = 1.0 - position / max(count, 1)  # the store's hybrid order, as a 1..0 score
+        heading = HEADING_TERMS_WEIGHT * passage.heading_coverage + HEADING_SEMANTIC_WEIGHT * passage.heading_semantic
+        heading += DEFINITION_WEIGHT * passage.defines_subject
+        keyed.append((passage.section_kind == SECTION_ASKS, -(fused + heading), passage))
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    ranked: list[Passage] = []
+    seen: set[tuple[str, str]] = set()
+    for _, _, passage in keyed:
+        key = _section_key(passage)
+        if key not in seen:
+            seen.add(key)
+            ranked.append(passage)
+    return ranked
+
+
+async def retrieve(
+    *,
+    services: Services,
+    query: str,
+    selected_text: str = "",
+    limit: int | None = None,
+    min_dense_score: float | None = None,
+    min_term_coverage: float | None = None,
+) -> list[Passage]:
+    """The passages that clear the relevance gate, best first, one per section (at most `limit`, default
+    RETRIEVAL_TOP_K).
+
+    Raises `UpstreamUnavailable` when the vector store is failing (at once when its breaker is open); a
+    failing, slow or breaker-blocked embeddings API degrades to BM25-only retrieval instead.
+    """
+    settings = services.settings
+    store = services.vectorstore
+    if store is None:
+        raise UpstreamUnavailable("The search index is not available.", upstream="qdrant")
+    # An open `qdrant` breaker refuses at once, before an embeddings call is spent on the query.
+    services.resilience.ensure_available(Upstream.QDRANT)
+    top_k = limit or settings.retrieval_top_k
+    gate = _gate(services, min_dense_score=min_dense_score, min_term_coverage=min_term_coverage)
+
+    selected = selected_text.strip()
+    text = f"{query}\n\n{selected[:SELECTED_QUERY_CHARS]}" if selected else query
+    started = time.perf_counter()
+    dense: list[float] | None = None
+    if services.embedder is not None:
+        deadline = min(EMBED_QUERY_TIMEOUT_S, settings.chat_stream_idle_timeout_s)
+        try:
+            dense = await asyncio.wait_for(services.embedder.embed_query(text), deadline)
+        except UpstreamUnavailable as exc:
+            # BM25 alone still finds passages; better than failing the question.
+            log.warning("retrieval.dense_unavailable", code=exc.code)
+        except TimeoutError as exc:
+            services.resilience.record_failure(Upstream.OPENAI, exc)  # repeated stalls open the breaker
+            log.warning("retrieval.dense_timeout", deadline_s=deadline)
+    embedded = time.perf_counter()
+    async with _store_gate(services):
+        hits = await store.query(dense=dense, sparse=encode_query(text), limit=top_k * CANDIDATE_FACTOR)
+    queried = time.perf_counter()
+
+    question_terms = set(tokenize(query)) - QUESTION_FRAME_TERMS
+    selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
+    haystacks = [_haystack(hit) for hit in hits]
+    headings = [hit.heading or hit.title or "" for hit in hits]
+    # One batch for both: each passage's similarity (the gate) and its heading's (the ranking).
+    similarities = await services.semantic.similarities(text, [*haystacks, *headings])
+    semantic, heading_semantic = similarities[: len(hits)], similarities[len(hits) :]
+    local_dense = services.embedder is services.semantic
+    passages: list[Passage] = []
+    for hit, haystack, similarity, heading_similarity in zip(hits, haystacks, semantic, heading_semantic, strict=True):
+        coverage = term_coverage(question_terms, haystack)
+        if selected_terms:
+            coverage = max(coverage, term_coverage(selected_terms, haystack))
+        score = hit.dense_score if hit.dense_score is not None else similarity
+        passages.append(
+            Passage(
+                source=hit.source,
+                title=hit.title,
+                heading=hit.heading,
+                url=hit.url,
+                content=hit.content,
+                score=float(score),
+                fused_score=float(hit.score),
+                # The local model's cosine is the gate's semantic signal; the operator's own model's is kept
+                # apart (its scale differs per model).
+                dense_score=None if local_dense else hit.dense_score,
+                sparse_score=hit.sparse_score,
+                semantic_score=similarity,
+                heading_coverage=term_coverage(question_terms, hit.heading or ""),
+                heading_semantic=heading_similarity,
+                defines_subject=defines_subject(query, hit.content),
+                coverage=coverage,
+                heading_path=list(hit.heading_path or []),
+                section_kind=str(hit.payload.get("section_kind") or SECTION_EXPLAINS),
+            )
+        )
+    kept = [p for p in _rank(passages) if _relevant(p, gate=gate)][:top_k]
+    log.info(
+        "retrieval.done",
+        search_query=query,
+        candidates=len(passages),
+        kept=len(kept),
+        dense=dense is not None,
+        best_semantic=round(max(semantic, default=0.0), 3),
+        best_coverage=round(max((p.coverage for p in passages), default=0.0), 3),
+        embed_ms=round((embedded - started) * 1000, 1),
+        query_ms=round((queried - embedded) * 1000, 1),
+        total_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return kept
+
+
+def _haystack(hit: ScoredChunk) -> str:
+    """What a passage says, with where it sits: the text coverage and the semantic model look at."""
+    return f"{hit.title or ''}\n{' '.join(hit.heading_path or [])}\n{hit.heading or ''}\n{hit.content}"

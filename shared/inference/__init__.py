@@ -1,0 +1,1 @@
+"""The model calls: chat completions, embeddings, and the bundled local semantic model."""

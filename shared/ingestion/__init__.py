@@ -1,0 +1,1 @@
+"""Turning the book's markdown into stored chunks: uploads, jobs, chunking, embedding, upserts."""
