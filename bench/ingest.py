@@ -31,7 +31,8 @@ from typing import Any
 
 import httpx
 
-from shared.ingestion.pipeline import DocumentInput, get_job, submit_ingest
+from shared.ingestion.inputs import DocumentInput
+from shared.ingestion.jobs import get_job, submit_ingest
 from shared.platform.clients import create_redis
 from shared.platform.config import Settings
 from shared.stores.db.engine import create_engine, create_session_factory

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.answers.retrieval import CANDIDATE_FACTOR
-from shared.ingestion.pipeline import DocumentInput, run_ingest_job, submit_ingest
+from shared.ingestion.inputs import DocumentInput
+from shared.ingestion.jobs import submit_ingest
+from shared.ingestion.pipeline import run_ingest_job
 from shared.platform.clients import build_services
 from shared.platform.config import Settings
 from shared.platform.constants import ROLE_WORKER

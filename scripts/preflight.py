@@ -34,7 +34,7 @@ RETRY_MAX_DELAY_S = 30.0
 
 def _is_rejected(exc: BaseException) -> bool:
     """True when the database refused our credentials, role or database name (DATABASE_URL is wrong)."""
-    from shared.platform.resilience import ErrorKind, Upstream, classify_error
+    from shared.platform.upstreams import ErrorKind, Upstream, classify_error
 
     return classify_error(Upstream.DATABASE, exc) is ErrorKind.CREDENTIALS
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from shared.ingestion.pipeline import ALLOWED_SUFFIXES, DocumentInput, get_job, load_directory, submit_ingest
+from shared.ingestion.inputs import ALLOWED_SUFFIXES, DocumentInput, load_directory
+from shared.ingestion.jobs import get_job, submit_ingest
 from shared.platform.config import ConfigError, Settings, load_settings
 from shared.platform.constants import ROLE_WORKER
 from shared.platform.errors import LecternError

@@ -36,14 +36,9 @@ from sqlmodel import func as sql_func
 from sqlmodel import select
 
 import shared.accounts.sessions as sessions_service
-from shared.ingestion.pipeline import (
-    STATUS_FAILED,
-    load_directory,
-    mark_job,
-    reconcile_jobs,
-    run_ingest_job,
-    submit_ingest,
-)
+from shared.ingestion.inputs import load_directory
+from shared.ingestion.jobs import STATUS_FAILED, mark_job, reconcile_jobs, submit_ingest
+from shared.ingestion.pipeline import run_ingest_job
 from shared.platform.clients import Services
 from shared.platform.config import Settings
 from shared.platform.constants import INGEST_AUTO_LOCK_KEY, INGEST_LOCK_KEY, JOB_INGEST

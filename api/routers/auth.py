@@ -25,7 +25,7 @@ from shared.accounts.users import (
 )
 from shared.platform.errors import Unauthorized
 from shared.platform.logging import get_logger
-from shared.platform.resilience import Upstream
+from shared.platform.upstreams import Upstream
 from shared.stores.db.models import User, UserProfile
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])

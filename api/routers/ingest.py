@@ -11,18 +11,8 @@ from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from api.deps import AdminKey, ServicesDep, SettingsDep, VectorStoreDep
-from shared.ingestion.pipeline import (
-    MAX_DOCUMENTS,
-    DocumentInput,
-    delete_document,
-    extract_uploads,
-    get_job,
-    job_view,
-    list_documents,
-    list_jobs,
-    load_directory,
-    submit_ingest,
-)
+from shared.ingestion.inputs import MAX_DOCUMENTS, DocumentInput, extract_uploads, load_directory
+from shared.ingestion.jobs import delete_document, get_job, job_view, list_documents, list_jobs, submit_ingest
 from shared.platform.errors import InvalidInput
 
 router = APIRouter(tags=["ingestion"])

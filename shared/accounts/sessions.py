@@ -18,7 +18,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from shared.accounts.auth import hash_token, looks_like_token, new_token
 from shared.accounts.cache import SessionCache
 from shared.accounts.users import AuthUser, iso, parse_iso
-from shared.platform.resilience import Resilience, Upstream
+from shared.platform.resilience import Resilience
+from shared.platform.upstreams import Upstream
 from shared.stores.db.engine import SessionFactory
 from shared.stores.db.models import AuthSession, User, UserProfile, utcnow
 

@@ -18,7 +18,7 @@ from shared.inference.llm import LlmStalled, Message, complete, open_stream
 from shared.platform.clients import Services
 from shared.platform.errors import LlmUnavailable, UpstreamMisconfigured, UpstreamUnavailable
 from shared.platform.logging import get_logger
-from shared.platform.resilience import Upstream
+from shared.platform.upstreams import Upstream
 
 __all__ = [
     "NOT_COVERED",

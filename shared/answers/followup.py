@@ -28,7 +28,8 @@ from shared.inference.llm import Message, complete
 from shared.platform.clients import Services
 from shared.platform.errors import UpstreamUnavailable
 from shared.platform.logging import get_logger
-from shared.platform.resilience import RetryPolicy, Upstream
+from shared.platform.resilience import RetryPolicy
+from shared.platform.upstreams import Upstream
 from shared.stores.sparse import tokenize
 
 __all__ = ["REWRITE_SYSTEM_PROMPT", "SearchQuery", "is_standalone", "rule_based_query", "standalone_query"]

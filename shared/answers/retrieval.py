@@ -36,7 +36,7 @@ from shared.platform.clients import Services
 from shared.platform.constants import EMBEDDED_STORE_CONCURRENCY
 from shared.platform.errors import UpstreamUnavailable
 from shared.platform.logging import get_logger
-from shared.platform.resilience import Upstream
+from shared.platform.upstreams import Upstream
 from shared.stores.sparse import encode_query, tokenize
 from shared.stores.vectorstore.protocol import ScoredChunk
 

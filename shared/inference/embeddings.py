@@ -22,7 +22,8 @@ from shared.inference.semantic import LocalEmbedder
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamUnavailable
 from shared.platform.logging import get_logger
-from shared.platform.resilience import Resilience, RetryPolicy, Upstream, retry_after_of
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import Upstream, retry_after_of
 
 __all__ = [
     "INGEST_RETRY_POLICY",

@@ -20,7 +20,8 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from shared.platform.clients import Services
 from shared.platform.errors import LlmUnavailable, UpstreamUnavailable
 from shared.platform.logging import get_logger
-from shared.platform.resilience import RetryPolicy, Upstream
+from shared.platform.resilience import RetryPolicy
+from shared.platform.upstreams import Upstream
 
 __all__ = ["LlmStalled", "Message", "complete", "open_stream", "require_client"]
 

@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 import shared.platform.metrics as metrics
+from shared.platform.breaker import SharedRecord
 from shared.platform.constants import CIRCUIT_STATE_PREFIX
 from shared.platform.logging import get_logger
 from shared.platform.readiness import log_startup_report
-from shared.platform.resilience import Resilience, SharedRecord, Upstream
+from shared.platform.resilience import Resilience
+from shared.platform.upstreams import Upstream
 from shared.stores.db_resilience import attach_database_breaker
 
 if TYPE_CHECKING:

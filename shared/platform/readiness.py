@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from shared.platform.constants import HEALTH_CHECK_KEY
 from shared.platform.logging import get_logger
-from shared.platform.resilience import CREDENTIAL_VARIABLE, FRIENDLY_NAME, ErrorKind, Upstream, classify_error
+from shared.platform.upstreams import CREDENTIAL_VARIABLE, FRIENDLY_NAME, ErrorKind, Upstream, classify_error
 
 if TYPE_CHECKING:  # type only: shared.platform.clients starts the observers that import this module
     from shared.platform.clients import Services

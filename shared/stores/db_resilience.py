@@ -21,7 +21,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.platform.config import Settings
-from shared.platform.resilience import ErrorKind, Resilience, Upstream, classify_error
+from shared.platform.resilience import Resilience
+from shared.platform.upstreams import ErrorKind, Upstream, classify_error
 
 __all__ = ["attach_database_breaker"]
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from shared.answers.answering import LEVELS, LLM_DOWN_NOTE, NOT_COVERED
 from shared.platform.clients import Services
-from shared.platform.resilience import Upstream
+from shared.platform.upstreams import Upstream
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import app_client, client, corpus_store, sign_up
 

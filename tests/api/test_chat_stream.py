@@ -149,7 +149,7 @@ async def test_upstream_down_before_first_token_falls_back(
 ) -> None:
     """An open breaker: the stream announces `extractive` and quotes cited passages."""
     services: Services = server[0].state.services
-    from shared.platform.resilience import Upstream
+    from shared.platform.upstreams import Upstream
 
     for _ in range(services.settings.circuit_failure_threshold):
         services.resilience.record_failure(Upstream.OPENAI, ConnectionError("down"))

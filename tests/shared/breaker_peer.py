@@ -23,7 +23,8 @@ from openai import AsyncOpenAI
 from shared.platform.circuit_state import CircuitSync
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamUnavailable
-from shared.platform.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import Upstream
 
 FAST = RetryPolicy(max_tries=2, max_time_s=2, base_s=0.01, cap_s=0.02)
 

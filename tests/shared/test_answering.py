@@ -23,7 +23,7 @@ from shared.answers.retrieval import Passage
 from shared.platform.clients import Services, build_services
 from shared.platform.config import Settings
 from shared.platform.constants import ROLE_API
-from shared.platform.resilience import Upstream
+from shared.platform.upstreams import Upstream
 from tests.conftest import REDIS_TEST_URL
 
 CONTENT = (

@@ -13,7 +13,8 @@ import pytest
 from shared.inference.embeddings import Embedder
 from shared.platform.clients import create_openai_client
 from shared.platform.config import Settings
-from shared.platform.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import Upstream
 from tests.fakes.openai_server import FakeOpenAI, fake_embedding_array
 
 FAST = RetryPolicy(max_tries=3, max_time_s=10, base_s=0.01, cap_s=0.02, max_retry_after_s=2)

@@ -15,7 +15,8 @@ from shared.inference.llm import LlmStalled, open_stream
 from shared.platform.clients import Services, build_services
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
-from shared.platform.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import Upstream
 from tests.conftest import REDIS_TEST_URL
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 
 from shared.platform.config import Settings
 from shared.platform.errors import NotFound, UpstreamMisconfigured, UpstreamUnavailable
-from shared.platform.resilience import ErrorKind, Resilience, RetryPolicy, Upstream, classify_error
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import ErrorKind, Upstream, classify_error
 
 FAST = RetryPolicy(max_tries=3, max_time_s=5, base_s=0.01, cap_s=0.02)
 

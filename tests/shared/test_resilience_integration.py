@@ -26,7 +26,8 @@ from api.observability import DeadlineMiddleware
 from shared.platform.circuit_state import CircuitSync, merge_processes, merged_circuits, read_processes
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
-from shared.platform.resilience import Resilience, Upstream
+from shared.platform.resilience import Resilience
+from shared.platform.upstreams import Upstream
 from shared.stores.db.engine import create_engine
 from shared.stores.db_resilience import attach_database_breaker
 from tests.fakes.openai_server import FakeOpenAI

@@ -16,7 +16,8 @@ from shared.platform.clients import build_services
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
 from shared.platform.readiness import ReadinessProbe
-from shared.platform.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import Upstream
 from shared.stores.vectorstore import create_vector_store
 from tests.fakes.openai_server import free_port
 

@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from shared.platform.circuit_state import CircuitSync, merged_circuits
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamUnavailable
-from shared.platform.resilience import Resilience, RetryPolicy, Upstream
+from shared.platform.resilience import Resilience, RetryPolicy
+from shared.platform.upstreams import Upstream
 from tests.fakes.openai_server import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,9 @@ import pytest
 from fastapi import FastAPI
 
 from api.main import create_app
-from shared.ingestion.pipeline import load_directory, run_ingest_job, submit_ingest
+from shared.ingestion.inputs import load_directory
+from shared.ingestion.jobs import submit_ingest
+from shared.ingestion.pipeline import run_ingest_job
 from shared.platform.clients import Services, build_services
 from shared.platform.config import Settings
 from shared.platform.constants import ROLE_WORKER

@@ -18,10 +18,10 @@ import pytest_asyncio
 from arq.jobs import Job, JobStatus
 from qdrant_client import QdrantClient
 
-from shared.ingestion.pipeline import RECONCILE_GRACE_S, reconcile_jobs
+from shared.ingestion.jobs import RECONCILE_GRACE_S, reconcile_jobs
 from shared.platform.config import Settings
 from shared.platform.constants import JOB_INGEST, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME
-from shared.platform.resilience import Upstream
+from shared.platform.upstreams import Upstream
 from shared.stores.db.models import IngestJob, IngestJobDocument, utcnow
 from shared.stores.sparse import encode_query
 from shared.stores.vectorstore import CollectionMismatch, QdrantVectorStore

@@ -167,7 +167,7 @@ async def test_rate_limited_embeddings_wait_for_retry_after(env: IngestEnv, fake
 
 async def test_duplicate_enqueue_is_harmless(env: IngestEnv) -> None:
     """Enqueueing the same job id again does not run it twice (arq job id = ingest job id)."""
-    from shared.ingestion.pipeline import enqueue_job
+    from shared.ingestion.jobs import enqueue_job
 
     job_id = await env.submit([{"source": "dup/one.md", "content": "# One\n\nGripper fingers."}])
     await enqueue_job(redis=env.app.state.services.redis, job_id=job_id)

@@ -20,7 +20,8 @@ from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 from shared.platform.config import Settings
 from shared.platform.constants import DENSE_VECTOR, SPARSE_VECTOR
 from shared.platform.logging import get_logger
-from shared.platform.resilience import Resilience, Upstream
+from shared.platform.resilience import Resilience
+from shared.platform.upstreams import Upstream
 from shared.stores.sparse import SparseVector
 from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk
 

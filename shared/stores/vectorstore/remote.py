@@ -24,7 +24,8 @@ from shared.platform.config import Settings
 from shared.platform.constants import VECTOR_RPC_PREFIX
 from shared.platform.errors import UpstreamUnavailable
 from shared.platform.logging import get_logger
-from shared.platform.resilience import Resilience, Upstream
+from shared.platform.resilience import Resilience
+from shared.platform.upstreams import Upstream
 from shared.stores.sparse import SparseVector
 from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, VectorStore
 
