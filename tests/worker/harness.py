@@ -86,7 +86,7 @@ class IngestEnv:
         return store
 
     def storage_state(self) -> list[tuple[str, int, int]]:
-        """(name, size, mtime) of Qdrant local mode's persistence files (SQLite + WAL): any write changes it."""
+        """(name, size, mtime) of Qdrant local mode's persistence file (SQLite): any write changes it."""
         folder = self.settings.qdrant_path / "collection" / self.settings.qdrant_collection
         return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("storage.sqlite*"))
 

@@ -69,14 +69,14 @@ async def test_reingest_unchanged_writes_nothing(env: IngestEnv, fake_openai: Fa
     docs = corpus_documents()
     snapshot = await env.snapshot()
     storage = env.storage_state()
-    assert any(name.endswith("-wal") for name, _, _ in storage)
+    assert [name for name, _, _ in storage] == ["storage.sqlite"]
     calls = len(fake_openai.requests_to("/embeddings"))
     job = await env.ingest(docs)
     assert job["status"] == "succeeded"
     assert job["documents_skipped"] == len(docs)
     assert job["chunks_upserted"] == 0
     assert len(fake_openai.requests_to("/embeddings")) == calls
-    assert env.storage_state() == storage  # zero points written (SQLite file and its WAL untouched)
+    assert env.storage_state() == storage  # zero points written (the SQLite file untouched)
     assert await env.snapshot() == snapshot
 
 

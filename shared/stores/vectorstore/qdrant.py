@@ -132,8 +132,6 @@ class QdrantVectorStore:
                 sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
             log.info("vectorstore.collection_created", collection=self.collection, dimensions=self.dimensions)
-        if self._local is not None:
-            await self._run_local(self._tune_local_storage)
         if self._local is None:
             # Filters by source (replace/delete/count) need an index on a server; local mode has none.
             for name, schema in (
@@ -148,21 +146,6 @@ class QdrantVectorStore:
     async def _run_local(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn)
-
-    def _tune_local_storage(self) -> None:
-        """Local mode commits (and fsyncs) its SQLite file once per point: 6 ms each on a plain disk.
-        WAL with synchronous=NORMAL keeps every commit crash-safe for the process (SIGKILL loses
-        nothing) without an fsync per point; a power cut may lose the last commits, which the next
-        ingest detects (chunk count check) and rewrites. Reaches into qdrant-client's local internals,
-        so any surprise there only costs speed."""
-        try:
-            collections = self._local._client.collections  # type: ignore[union-attr]
-            for collection in collections.values():
-                connection = collection.storage.storage
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-        except Exception as exc:  # pragma: no cover - depends on qdrant-client internals
-            log.warning("vectorstore.local_tuning_skipped", error=type(exc).__name__)
 
     def _point(self, point: ChunkPoint) -> models.PointStruct:
         vector: dict[str, Any] = {SPARSE_VECTOR: _to_qdrant_sparse(point.sparse)}
