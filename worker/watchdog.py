@@ -39,7 +39,6 @@ class Watchdog:
     missing_since: float | None = None
     seen_alive: bool = False
     watched_pid: int | None = None
-    restarts: int = 0
     log: list[str] = field(default_factory=list)
 
     def decide(self, *, now: float, state: int, pid: int, started_at: float, key_present: bool | None) -> bool:
@@ -115,7 +114,6 @@ def run(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO =
                     stale_for = round(now - (dog.missing_since or now), 1)
                     _log(stderr, "watchdog.worker_hung", pid=info["pid"], stale_for_s=stale_for, action="SIGKILL")
                     rpc.supervisor.signalProcess(PROGRAM, "KILL")
-                    dog.restarts += 1
                     dog.missing_since = None
                     from shared.platform.metrics import record_watchdog_restart
 

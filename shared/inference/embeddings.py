@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from openai import AsyncOpenAI, RateLimitError, omit
@@ -29,7 +28,6 @@ __all__ = [
     "INGEST_RETRY_POLICY",
     "DenseEmbedder",
     "Embedder",
-    "EmbedderStats",
     "RateLimiter",
     "create_embedder",
     "estimate_tokens",
@@ -74,7 +72,6 @@ class RateLimiter:
         self._updated = time.monotonic()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
-        self.waited_s = 0.0
 
     def _refill(self, now: float) -> None:
         elapsed = now - self._updated
@@ -102,19 +99,7 @@ class RateLimiter:
                         self._requests -= 1.0
                         self._tokens -= tokens
                         return
-                self.waited_s += wait
                 await asyncio.sleep(wait)
-
-
-@dataclass
-class EmbedderStats:
-    """Counters for logs and benchmarks."""
-
-    requests: int = 0
-    inputs: int = 0
-    tokens: int = 0
-    rate_limited: int = 0
-    retry_after_waited_s: float = 0.0
 
 
 class Embedder:
@@ -128,7 +113,6 @@ class Embedder:
         self.dimensions = settings.embedding_dimensions
         self.limiter = RateLimiter(rpm=settings.embed_rpm, tpm=settings.embed_tpm)
         self._semaphore = asyncio.Semaphore(settings.embed_concurrency)
-        self.stats = EmbedderStats()
 
     @property
     def signature(self) -> str:
@@ -193,15 +177,12 @@ class Embedder:
 
         async def attempt() -> list[list[float]]:
             await self.limiter.acquire(tokens)
-            self.stats.requests += 1
             try:
                 # No `encoding_format`: the SDK then asks for base64 (4x smaller on the wire than JSON
                 # floats) and decodes the vectors itself.
                 response = await self.client.embeddings.create(model=self.model, input=inputs, dimensions=dimensions)
             except RateLimitError as exc:
                 hinted = retry_after_of(exc) or 1.0
-                self.stats.rate_limited += 1
-                self.stats.retry_after_waited_s += hinted
                 self.limiter.pause(hinted)
                 log.warning("embeddings.rate_limited", retry_after_s=hinted, inputs=len(inputs))
                 raise
@@ -215,8 +196,6 @@ class Embedder:
                 f"the embeddings API returned {len(vectors[0])}-dimensional vectors but EMBEDDING_DIMENSIONS="
                 f"{self.dimensions}; set EMBEDDING_DIMENSIONS to match OPENAI_EMBEDDING_MODEL"
             )
-        self.stats.inputs += len(inputs)
-        self.stats.tokens += tokens
         return vectors
 
 

@@ -144,10 +144,6 @@ class Resilience:
         if on_transition is not None:
             self.add_transition_listener(on_transition)
         self.misconfigured: dict[Upstream, str] = {}
-        #: Retries performed and calls that failed after retrying, per upstream (also in /metrics).
-        self.retries: dict[Upstream, int] = dict.fromkeys(Upstream, 0)
-        self.failed_calls: dict[Upstream, int] = dict.fromkeys(Upstream, 0)
-        self.last_latency_s = 0.0
         self.redis: Redis | None = None
         self.channel = ""
         self._script: Any = None
@@ -472,7 +468,6 @@ class Resilience:
 
         def on_backoff(details: Any) -> None:
             wait = float(details.get("wait", 0.0))
-            self.retries[upstream] += 1
             metrics.record_retry(upstream.value)
             exc = details.get("exception")
             log.info(
@@ -503,7 +498,6 @@ class Resilience:
             result = await runner()
         except _Transient as exc:
             metrics.observe_upstream(upstream.value, "failure", time.monotonic() - started)
-            self.failed_calls[upstream] += 1
             await self._report(upstream, "failure", describe_error(exc.original))
             raise self._unavailable(upstream) from exc.original
         except BaseException as exc:
@@ -512,8 +506,7 @@ class Resilience:
                 metrics.observe_upstream(upstream.value, "rejected", time.monotonic() - started)
                 raise self._misconfigured(upstream) from exc
             raise
-        self.last_latency_s = time.monotonic() - started
-        metrics.observe_upstream(upstream.value, "success", self.last_latency_s)
+        metrics.observe_upstream(upstream.value, "success", time.monotonic() - started)
         await self._report(upstream, "success")
         self.misconfigured.pop(upstream, None)
         return result
@@ -528,5 +521,3 @@ class Resilience:
             breaker.local_reset()
             self._in_background(upstream, "reset")
         self.misconfigured.clear()
-        self.retries = dict.fromkeys(Upstream, 0)
-        self.failed_calls = dict.fromkeys(Upstream, 0)

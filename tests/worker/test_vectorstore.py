@@ -131,9 +131,8 @@ async def test_rpc_store_behaves_like_the_local_store(
     rpc: tuple[RemoteVectorStore, VectorStoreRpcServer, Settings],
 ) -> None:
     """Every store method works the same through the Redis RPC."""
-    remote, server, _ = rpc
+    remote, _, _ = rpc
     await _exercise(remote)
-    assert server.served >= 10
 
 
 async def test_rpc_errors_and_stale_requests(rpc: tuple[RemoteVectorStore, VectorStoreRpcServer, Settings]) -> None:

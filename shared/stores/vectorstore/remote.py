@@ -213,7 +213,6 @@ class VectorStoreRpcServer:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self.served = 0
 
     async def start(self) -> None:
         """Announce the server and start serving in the background."""
@@ -304,7 +303,6 @@ class VectorStoreRpcServer:
                 await pipe.execute()
         except Exception as exc:
             log.warning("vectorstore.rpc_reply_failed", error=type(exc).__name__)
-        self.served += len(replies)
 
     async def dispatch(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run one store method and return the JSON reply."""
