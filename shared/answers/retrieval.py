@@ -2,7 +2,7 @@
 
 One vector-store round trip runs Qdrant's Query API with a dense and a `bm25` prefetch fused by RRF and
 returns each hit's raw scores. The dense vectors are the operator's embedding model's online, and the
-bundled local model's offline (`shared.inference.semantic`); with the embeddings API failing, BM25 alone.
+bundled e5 model's offline (`shared.inference.local_dense`); with the embeddings API failing, BM25 alone.
 
 The candidates are then ranked (`_rank`: one passage per section, sections that explain before sections
 that ask, the store's order nudged by the section's heading and by a definition of the subject) and
@@ -11,10 +11,12 @@ signals with a meaning of their own:
 
 - term coverage: the share of the question's content terms (stemmed, stop words and question-framing
   words removed) found in the passage, against `RETRIEVAL_MIN_TERM_COVERAGE`;
-- the local model's similarity of question and passage, whatever the operator's embedding model, against
-  `RETRIEVAL_MIN_SEMANTIC_SCORE` offline (the gate has the last word) or the lower
-  `RETRIEVAL_OFFTOPIC_SEMANTIC_SCORE` online (only the clearly off-topic is refused before the model,
-  which is told to say when the passages do not answer);
+- offline, the e5 cosine of question and passage against `OFFLINE_MIN_DENSE_SCORE` (calibrated for that
+  bundled model, so not a setting);
+- online, the static local model's similarity (`shared.inference.semantic`, whatever the operator's
+  embedding model) against the low `RETRIEVAL_OFFTOPIC_SEMANTIC_SCORE` (only the clearly off-topic is
+  refused before the model, which is told to say when the passages do not answer), or against
+  `RETRIEVAL_MIN_SEMANTIC_SCORE` while the LLM breaker is open (the extractive answer has the last word);
 - online, the operator's dense cosine against `RETRIEVAL_MIN_DENSE_SCORE`, with a shared term.
 
 With selected text, it also drives retrieval (appended to the query) and counts for coverage. The
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from shared.answers.extractive import defines_subject
 from shared.answers.passages import Passage
+from shared.inference.local_dense import LocalDenseEmbedder
 from shared.ingestion.chunking import ASKS as SECTION_ASKS
 from shared.ingestion.chunking import EXPLAINS as SECTION_EXPLAINS
 from shared.platform.clients import Services
@@ -64,6 +67,9 @@ QUESTION_FRAME_TERMS = frozenset(
 #: Vector-store queries in flight per process: `EMBEDDED_STORE_CONCURRENCY` (shared.platform.constants) for the
 #: embedded store; a server takes many more.
 SERVER_STORE_CONCURRENCY = 64
+#: Offline, a passage whose e5 cosine with the question reaches this is relevant (e5's scores sit in a
+#: narrow band: on the book's set, in-book best scores 0.81-0.94, off-topic 0.75-0.84; docs/notes/quality.md).
+OFFLINE_MIN_DENSE_SCORE = 0.83
 _GATE = "retrieval.store_gate"
 
 
@@ -95,11 +101,15 @@ def _terms(text: str) -> frozenset[str]:
 def _relevant(passage: Passage, *, gate: Gate) -> bool:
     if passage.coverage >= gate.min_coverage:
         return True
-    if passage.semantic_score is not None and passage.semantic_score >= gate.min_semantic:
+    semantic, bar = passage.semantic_score, gate.min_semantic
+    if semantic is not None and bar is not None and semantic >= bar:
         return True
-    # The operator's own embedding model may admit a paraphrase too, with some shared vocabulary:
+    # Online, the operator's own embedding model may admit a paraphrase too, with some shared vocabulary:
     # embeddings alone also score "the capital of France" against any passage of the same sentence shape.
-    return passage.dense_score is not None and passage.dense_score >= gate.min_dense and passage.coverage > 0
+    # Offline, the bundled e5 model's bar was measured on its own (docs/notes/quality.md).
+    if passage.dense_score is None or passage.dense_score < gate.min_dense:
+        return False
+    return gate.dense_alone or passage.coverage > 0
 
 
 @dataclass(frozen=True)
@@ -107,20 +117,35 @@ class Gate:
     """The relevance gate's bars for one query."""
 
     min_coverage: float
-    min_semantic: float
+    #: The static model's similarity bar; None offline, where the e5 cosine is the semantic signal.
+    min_semantic: float | None
     min_dense: float
+    #: The dense score admits a passage with no shared term (the bundled model's calibrated bar).
+    dense_alone: bool = False
 
 
 def _gate(services: Services, *, min_dense_score: float | None, min_term_coverage: float | None) -> Gate:
-    """Offline the gate is the last word, so it asks for a clearly relevant passage. Online the model reads
-    the passages with the instruction to say when they do not answer, so only the clearly off-topic is
-    refused before it (the lower semantic bar)."""
+    """Offline the gate is the last word, so it asks for a clearly relevant passage: enough of the
+    question's terms, or the bundled e5 model's calibrated cosine. Online the model reads the passages with
+    the instruction to say when they do not answer, so only the clearly off-topic is refused before it (the
+    static model's lower bar); with the LLM breaker open the extractive answer has the last word again (its
+    higher bar)."""
     settings = services.settings
     llm_ready = services.openai is not None and not services.resilience.is_open(Upstream.OPENAI)
+    offline_dense = isinstance(services.embedder, LocalDenseEmbedder)
+    if min_dense_score is None:
+        min_dense_score = OFFLINE_MIN_DENSE_SCORE if offline_dense else settings.retrieval_min_dense_score
+    if offline_dense:
+        min_semantic = None
+    elif llm_ready:
+        min_semantic = settings.retrieval_offtopic_semantic_score
+    else:
+        min_semantic = settings.retrieval_min_semantic_score
     return Gate(
         min_coverage=settings.retrieval_min_term_coverage if min_term_coverage is None else min_term_coverage,
-        min_semantic=settings.retrieval_offtopic_semantic_score if llm_ready else settings.retrieval_min_semantic_score,
-        min_dense=settings.retrieval_min_dense_score if min_dense_score is None else min_dense_score,
+        min_semantic=min_semantic,
+        min_dense=min_dense_score,
+        dense_alone=offline_dense,
     )
 
 
@@ -206,7 +231,6 @@ async def retrieve(
     # One batch for both: each passage's similarity (the gate) and its heading's (the ranking).
     similarities = await services.semantic.similarities(text, [*haystacks, *headings])
     semantic, heading_semantic = similarities[: len(hits)], similarities[len(hits) :]
-    local_dense = services.embedder is services.semantic
     passages: list[Passage] = []
     for hit, haystack, similarity, heading_similarity in zip(hits, haystacks, semantic, heading_semantic, strict=True):
         coverage = term_coverage(question_terms, haystack)
@@ -222,9 +246,7 @@ async def retrieve(
                 content=hit.content,
                 score=float(score),
                 fused_score=float(hit.score),
-                # The local model's cosine is the gate's semantic signal; the operator's own model's is kept
-                # apart (its scale differs per model).
-                dense_score=None if local_dense else hit.dense_score,
+                dense_score=hit.dense_score,
                 sparse_score=hit.sparse_score,
                 semantic_score=similarity,
                 heading_coverage=term_coverage(question_terms, hit.heading or ""),

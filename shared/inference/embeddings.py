@@ -5,7 +5,7 @@
 through a client-side limiter (requests and tokens per minute, `EMBED_RPM` / `EMBED_TPM`) so a big ingest
 does not provoke a 429 storm. A 429's `Retry-After` pauses every request of the process, and the
 resilience layer retries with exponential backoff and jitter, honouring the same header. In offline mode
-(no `OPENAI_API_KEY`) the dense embedder is the bundled local model (`shared.inference.semantic.LocalEmbedder`).
+(no `OPENAI_API_KEY`) the dense embedder is the bundled e5 model (`shared.inference.local_dense`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Protocol
 
 from openai import AsyncOpenAI, RateLimitError, omit
 
-from shared.inference.semantic import LocalEmbedder
+from shared.inference.local_dense import LocalDenseEmbedder
 from shared.platform.config import Settings
 from shared.platform.errors import UpstreamUnavailable
 from shared.platform.logging import get_logger
@@ -200,9 +200,11 @@ class Embedder:
 
 
 def create_embedder(
-    settings: Settings, client: AsyncOpenAI | None, resilience: Resilience, local: LocalEmbedder
+    settings: Settings, client: AsyncOpenAI | None, resilience: Resilience, *, interactive: bool
 ) -> DenseEmbedder:
-    """The process's dense embedder: OpenAI's when configured, else the bundled local model."""
+    """The process's dense embedder: OpenAI's when configured, else the bundled e5 model. An interactive
+    process (the API: one question at a time, several workers per machine) runs e5 on one thread; the
+    worker embeds whole batches on every core."""
     if client is None:
-        return local
+        return LocalDenseEmbedder(threads=1 if interactive else None)
     return Embedder(settings, client, resilience)

@@ -1,11 +1,10 @@
 """A local semantic model: static word embeddings (wordllama, 256 dimensions) that ship in the wheel.
 
-Two jobs, in every mode:
-
-- offline (no `OPENAI_API_KEY`), it is the dense embedder: the worker embeds chunks with it and the API
-  embeds questions, so offline retrieval is hybrid (dense + BM25) like the online one;
-- in every mode it gives the relevance gate a real semantic signal that does not depend on the operator's
-  embedding model: the cosine between the question and a candidate passage.
+In every mode it gives the relevance gate a semantic signal that does not depend on the operator's
+embedding model (the cosine between the question and a candidate passage), and the ranking the
+similarity of the question and each candidate's heading. It embeds any text in well under a millisecond,
+so it can score passages at question time; the offline dense embedder (`shared.inference.local_dense`)
+is far better at ranking but ~1,000 times slower per passage.
 
 The weights load from the installed package's own folder with downloads disabled, so nothing is fetched
 at run time. Loading costs ~0.3 s and ~100 MB, so each process loads the model on first use (in a thread)
@@ -33,7 +32,7 @@ CACHED_VECTORS = 8192
 
 
 class LocalEmbedder:
-    """Dense embeddings from the bundled wordllama model, with the `Embedder` interface ingestion uses."""
+    """Question-to-text similarities from the bundled wordllama model."""
 
     model = LOCAL_EMBEDDING_MODEL
     dimensions = LOCAL_EMBEDDING_DIMENSIONS
@@ -42,11 +41,6 @@ class LocalEmbedder:
         self._model: Any = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    @property
-    def signature(self) -> str:
-        """Model and dimensions: a change means stored vectors must be recomputed."""
-        return f"{self.model}:{self.dimensions}"
 
     def _loaded(self) -> Any:
         if self._model is None:
@@ -65,16 +59,6 @@ class LocalEmbedder:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         vectors = np.asarray(self._loaded().embed([t or " " for t in texts], norm=True), dtype=np.float32)
         return vectors
-
-    async def embed_texts(self, texts: Sequence[str], *, policy: Any = None) -> list[list[float]]:
-        """Embed passages (order kept); `policy` is accepted for the OpenAI embedder's signature."""
-        vectors = await asyncio.to_thread(self.embed_sync, list(texts))
-        return [row.tolist() for row in vectors]
-
-    async def embed_query(self, text: str) -> list[float]:
-        """Embed one question."""
-        vectors = await asyncio.to_thread(self.embed_sync, [text])
-        return [float(x) for x in vectors[0]]
 
     async def similarities(self, query: str, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of the question with each text. The texts' vectors are kept (LRU): the same

@@ -126,7 +126,7 @@ class Services:
     resilience: Resilience
     vectorstore: VectorStore | None = None
     embedder: DenseEmbedder | None = None
-    #: The bundled semantic model: the relevance gate's signal in every mode, the embedder offline.
+    #: The bundled semantic model: the relevance gate's signal and the heading similarity, in every mode.
     semantic: LocalEmbedder = field(default_factory=LocalEmbedder)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -180,7 +180,7 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
     services.vectorstore = create_vector_store(
         settings, role=role, redis=services.redis, resilience=services.resilience
     )
-    services.embedder = create_embedder(settings, services.openai, services.resilience, services.semantic)
+    services.embedder = create_embedder(settings, services.openai, services.resilience, interactive=role == ROLE_API)
     if role == ROLE_API and settings.embedded_qdrant:
         await open_redis_connections(services.redis, EMBEDDED_STORE_CONCURRENCY)
     services.extras["observers"] = start_process_observers(services)

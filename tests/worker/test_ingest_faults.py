@@ -18,9 +18,10 @@ import pytest_asyncio
 from arq.jobs import Job, JobStatus
 from qdrant_client import QdrantClient
 
+from shared.inference.local_dense import LocalDenseEmbedder
 from shared.ingestion.jobs import RECONCILE_GRACE_S, reconcile_jobs
 from shared.platform.config import Settings
-from shared.platform.constants import JOB_INGEST, LOCAL_EMBEDDING_DIMENSIONS, QUEUE_NAME
+from shared.platform.constants import JOB_INGEST, OFFLINE_EMBEDDING_DIMENSIONS, QUEUE_NAME
 from shared.platform.upstreams import Upstream
 from shared.stores.db.models import IngestJob, IngestJobDocument, utcnow
 from shared.stores.sparse import encode_query
@@ -113,11 +114,11 @@ async def test_job_unknown_to_arq_is_queued_again(online: IngestEnv) -> None:
 
 
 async def test_offline_mode_indexes_local_dense_and_bm25_and_searches() -> None:
-    """Without OPENAI_API_KEY the bundled local model writes the dense vectors (256 dimensions) beside BM25,
+    """Without OPENAI_API_KEY the bundled e5 model writes the dense vectors (384 dimensions) beside BM25,
     and both searches find the right page."""
     settings = ingest_settings()
     async with ingest_env(settings) as env:
-        assert env.worker_services.embedder is env.worker_services.semantic
+        assert isinstance(env.worker_services.embedder, LocalDenseEmbedder)
         job = await env.client.post("/ingest")
         assert job.status_code == 202
         body = await env.wait_job(job.json()["job_id"])
@@ -126,7 +127,7 @@ async def test_offline_mode_indexes_local_dense_and_bm25_and_searches() -> None:
         snapshot = await env.snapshot()
         assert snapshot
         assert all(
-            dense is not None and len(dense) == LOCAL_EMBEDDING_DIMENSIONS and sparse
+            dense is not None and len(dense) == OFFLINE_EMBEDDING_DIMENSIONS and sparse
             for _, dense, sparse in snapshot.values()
         )
         hits = await env.app.state.services.vectorstore.query(
@@ -141,7 +142,7 @@ async def test_offline_mode_indexes_local_dense_and_bm25_and_searches() -> None:
         )
         assert hits[0].sparse_score is not None
         question = "What do the integral and derivative terms of a PID controller do?"
-        dense = await env.worker_services.semantic.embed_query(question)
+        dense = await env.worker_services.embedder.embed_query(question)
         hybrid = await env.app.state.services.vectorstore.query(dense=dense, sparse=encode_query(question), limit=3)
         assert hybrid[0].source == "module-2/motors-and-control.md"
         assert hybrid[0].dense_score is not None

