@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="python -m worker", description="Lectern's arq worker and CLI.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the arq worker (supervisord's `worker` program)")
+    sub.add_parser("run", help="run the arq worker, or only the embedded store (supervisord's `worker` program)")
     ingest = sub.add_parser("ingest", help="queue markdown files or folders for ingestion")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help=".md/.mdx/.txt files or folders of them")
     ingest.add_argument("--wait", action="store_true", help="show progress until the job ends; exit 1 if it failed")
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings, role=ROLE_WORKER if args.command == "run" else ROLE_CLI)
     if args.command == "run":
+        if settings.owns_embedded_store and "worker" not in settings.roles:  # `store` alone: serve it, no jobs
+            from worker.store import serve_store
+
+            asyncio.run(serve_store(settings))
+            return 0
         from worker.settings import build_worker
 
         build_worker(settings).run()

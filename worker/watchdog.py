@@ -1,10 +1,14 @@
 """Worker watchdog: a supervisord event listener that restarts a *hung* arq worker.
 
 supervisord already restarts a worker that crashes; a worker that hangs (a blocked event loop, a
-deadlock, a SIGSTOP) keeps its pid and would be left alone. The arq worker refreshes its health-check
-key (`lectern:queue:health-check`, TTL interval + 1 s) every few seconds; when that key has been missing
-for `WATCHDOG_STALE_S` seconds while supervisord says the worker is RUNNING (or, for a worker that never
-wrote the key since it started, `WATCHDOG_STARTUP_GRACE_S` after its start), the watchdog SIGKILLs it and supervisord's `autorestart` starts a new one.
+deadlock, a SIGSTOP) keeps its pid and would be left alone. The worker's event loop refreshes its own
+row in Redis every second (`lectern:circuit:proc:<host>:worker:<pid>`, TTL 5 s, written by
+`shared.platform.circuit_state`); when that key has been missing for `WATCHDOG_STALE_S` seconds while
+supervisord says the worker is RUNNING (or, for a worker that never wrote the key since it started,
+`WATCHDOG_STARTUP_GRACE_S` after its start), the watchdog SIGKILLs it and supervisord's `autorestart`
+starts a new one. The key names this container's host and this worker's pid: arq's health-check key is
+one for the whole queue, so with several worker containers on one Redis it stays fresh while any of them
+lives and would hide a hung worker here.
 (SIGKILL, because a stopped process cannot act on SIGTERM; arq puts its unfinished jobs back on the
 queue when their in-progress marker expires.) If Redis itself cannot be read, nothing is restarted:
 that is not the worker's fault.
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from shared.platform.config import Settings, load_settings
-from shared.platform.constants import HEALTH_CHECK_KEY
+from shared.platform.constants import CIRCUIT_PROCESS_KEY, ROLE_WORKER
 
 PROGRAM = "worker"
 RUNNING = 20  # supervisord ProcessStates.RUNNING
@@ -80,9 +84,9 @@ def _redis_client(settings: Settings) -> Any:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
-def _key_present(client: Any) -> bool | None:
+def _key_present(client: Any, key: str) -> bool | None:
     try:
-        return bool(client.exists(HEALTH_CHECK_KEY))
+        return bool(client.exists(key))
     except Exception:
         return None
 
@@ -103,7 +107,8 @@ def run(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO =
             if headers.get("eventname", "").startswith("TICK"):
                 info = rpc.supervisor.getProcessInfo(PROGRAM)
                 now = time.time()
-                present = _key_present(client)
+                key = CIRCUIT_PROCESS_KEY.format(host=settings.hostname, role=ROLE_WORKER, pid=int(info["pid"]))
+                present = _key_present(client, key)
                 if dog.decide(
                     now=now,
                     state=int(info["state"]),

@@ -8,12 +8,15 @@ call). Every process (each Gunicorn worker and the arq worker) runs one `Circuit
 - listens to the transitions the script publishes and copies each into this process's view at once, for
   the checks that cannot wait for Redis (`is_open`, `ensure_available`);
 - every `interval_s` (and at once on a transition) re-reads the shared state, so a missed message is
-  repaired within a second, and publishes this process's row `lectern:circuit:proc:<role>:<pid>` (JSON,
-  TTL `ttl_s`) indexed in a sorted set scored by its expiry, so a dead process drops out within `ttl_s`
-  (a stopped one deletes its row at once). The rows are observability, not enforcement.
+  repaired within a second, and publishes this process's row `lectern:circuit:proc:<host>:<role>:<pid>`
+  (JSON, TTL `ttl_s`) indexed in a sorted set scored by its expiry, so a dead process drops out within
+  `ttl_s` (a stopped one deletes its row at once). The rows are observability, not enforcement. `host` is
+  the container's host name (`HOSTNAME`): containers sharing one Redis list every process of every
+  container, and two containers' processes with the same pid stay apart.
 
 `merged_circuits()` answers API.md's shape: a breaker's top-level state, failure count, `opened_at` and
-`last_error` are the shared state's; `processes` lists every live process's row. It answers the same
+`last_error` are the shared state's; `processes` lists every live process's row (with the additive field
+`host`). It answers the same
 whichever process serves it. Without Redis it falls back to this process's own view (same shape).
 """
 
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,7 +35,7 @@ from redis.asyncio import Redis
 
 import shared.platform.metrics as metrics
 from shared.platform.breaker import SharedRecord
-from shared.platform.constants import CIRCUIT_STATE_PREFIX
+from shared.platform.constants import CIRCUIT_PROCESS_KEY, CIRCUIT_STATE_PREFIX
 from shared.platform.logging import get_logger
 from shared.platform.readiness import log_startup_report
 from shared.platform.resilience import Resilience
@@ -47,7 +51,6 @@ __all__ = ["CircuitSync", "breaker_redis", "merge_processes", "merged_circuits",
 log = get_logger(__name__)
 
 INDEX_KEY = CIRCUIT_STATE_PREFIX + "processes"
-PROCESS_KEY_PREFIX = CIRCUIT_STATE_PREFIX + "proc:"
 HEARTBEAT_S = 1.0
 TTL_S = 5.0
 #: Timeouts of the breakers' own Redis client (a loopback or managed Redis answers in well under this).
@@ -90,6 +93,7 @@ class CircuitSync:
         redis: Redis,
         role: str,
         pid: int | None = None,
+        host: str = "",
         interval_s: float = HEARTBEAT_S,
         ttl_s: float = TTL_S,
         prefix: str = CIRCUIT_STATE_PREFIX,
@@ -99,11 +103,12 @@ class CircuitSync:
         self.redis = redis
         self.role = role
         self.pid = pid or os.getpid()
+        self.host = host or socket.gethostname()
         self.interval_s = interval_s
         self.ttl_s = ttl_s
         self.prefix = prefix
         self.owns_redis = owns_redis
-        self.key = f"{PROCESS_KEY_PREFIX}{role}:{self.pid}"
+        self.key = CIRCUIT_PROCESS_KEY.format(host=self.host, role=role, pid=self.pid)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: asyncio.Event | None = None
         self._redis_ok = True
@@ -188,7 +193,7 @@ class CircuitSync:
 
     # -- this process's row ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
-        """This process's row: pid, role, updated_at and every breaker as this process sees it."""
+        """This process's row: pid, role, host, updated_at and every breaker as this process sees it."""
         breakers: dict[str, Any] = {}
         for upstream, breaker in self.resilience.breakers.items():
             snap = breaker.snapshot()
@@ -197,7 +202,13 @@ class CircuitSync:
                 "last_error_at": breaker.last_error_at.isoformat() if breaker.last_error_at else None,
                 "misconfigured": self.resilience.misconfigured.get(upstream),
             }
-        return {"pid": self.pid, "role": self.role, "updated_at": _now().isoformat(), "breakers": breakers}
+        return {
+            "pid": self.pid,
+            "role": self.role,
+            "host": self.host,
+            "updated_at": _now().isoformat(),
+            "breakers": breakers,
+        }
 
     async def publish(self) -> None:
         """Write this process's row with its TTL and index it."""
@@ -230,6 +241,10 @@ async def read_processes(redis: Redis) -> list[dict[str, Any]]:
     return processes
 
 
+def _identity(process: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return process.get("host"), process.get("role"), process.get("pid")
+
+
 def _effective_state(entry: dict[str, Any], now: datetime) -> str:
     """A published `open` whose recovery window has passed is `half_open` by now."""
     state = str(entry.get("state") or "closed")
@@ -251,7 +266,7 @@ def merge_processes(
     """API.md's `/health/circuits` body: top-level fields from the `shared` state when it could be read
     (else the worst over the live processes' rows), and one row per process."""
     now = _now()
-    ordered = sorted(processes, key=lambda p: (str(p.get("role")), int(p.get("pid") or 0)))
+    ordered = sorted(processes, key=lambda p: (str(p.get("host") or ""), str(p.get("role")), int(p.get("pid") or 0)))
     merged: dict[str, dict[str, Any]] = {}
     for upstream in Upstream:
         rows: list[dict[str, Any]] = []
@@ -268,6 +283,7 @@ def merge_processes(
                 {
                     "pid": int(proc.get("pid") or 0),
                     "role": proc.get("role"),
+                    "host": proc.get("host"),
                     "state": effective,
                     "failure_count": int(entry.get("failure_count") or 0),
                     "updated_at": proc.get("updated_at"),
@@ -315,7 +331,7 @@ async def merged_circuits(*, resilience: Resilience, redis: Redis, sync: Circuit
         log.warning("circuits.read_failed", error=type(exc).__name__)
         processes = []
     if own is not None:
-        processes = [p for p in processes if not (p.get("pid") == own["pid"] and p.get("role") == own["role"])]
+        processes = [p for p in processes if _identity(p) != _identity(own)]
         processes.append(own)
     settings = resilience.settings
     return merge_processes(
@@ -348,7 +364,11 @@ def start_process_observers(services: Services) -> ProcessObservers:
 
     attach_database_breaker(services.engine, services.resilience, settings=services.settings)
     sync = CircuitSync(
-        resilience=services.resilience, redis=breaker_redis(services.settings), role=services.role, owns_redis=True
+        resilience=services.resilience,
+        redis=breaker_redis(services.settings),
+        role=services.role,
+        host=services.settings.hostname,
+        owns_redis=True,
     ).start()
     report = asyncio.get_running_loop().create_task(log_startup_report(services), name="startup-report")
     return ProcessObservers(sync, [report])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -17,10 +18,14 @@ import limits
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.platform.constants import LOCAL_EMBEDDING_DIMENSIONS
+from shared.platform.constants import OFFLINE_EMBEDDING_DIMENSIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DOCS_DIR = REPO_ROOT / "docs" / "sample"
+
+#: LECTERN_ROLES names (README "Topology"): which of the container's programs run. Unset or `all` means
+#: every role this configuration can run (see `Settings.roles`); `shared.platform.roles` checks combinations.
+ROLE_NAMES = ("api", "worker", "store", "redis", "watchdog")
 
 DEFAULT_CORS_ORIGINS = (
     "http://localhost:3000",
@@ -36,6 +41,10 @@ PRODUCTION_REQUIRED = {
     "admin_api_key": "ADMIN_API_KEY",
     "better_auth_secret": "BETTER_AUTH_SECRET",
 }
+
+
+#: One FRAME_ANCESTORS entry: an http(s) origin, optionally with a `*.` subdomain wildcard or a port.
+_FRAME_ANCESTOR = re.compile(r"https?://(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*(:[0-9]{1,5})?", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -88,6 +97,10 @@ class Settings(BaseSettings):
     space_host: str | None = Field(None, validation_alias=_alias("SPACE_HOST"))
     # Proxies in front of us that append to X-Forwarded-For; unset = 1 on Spaces (SPACE_HOST set), else 0.
     trusted_proxy_hops: int | None = Field(None, ge=0, le=10, validation_alias=_alias("TRUSTED_PROXY_HOPS"))
+    # Who may frame the pages (`/`, `/admin`) besides the Space page https://huggingface.co (api.pages).
+    frame_ancestors: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_alias("FRAME_ANCESTORS")
+    )
 
     admin_api_key: SecretStr | None = Field(None, validation_alias=_alias("ADMIN_API_KEY"))
     better_auth_secret: SecretStr | None = Field(None, validation_alias=_alias("BETTER_AUTH_SECRET"))
@@ -131,6 +144,11 @@ class Settings(BaseSettings):
     # Worker watchdog (worker/watchdog.py): restart a worker whose arq health-check key is this stale.
     watchdog_stale_s: float = Field(20.0, gt=0, validation_alias=_alias("WATCHDOG_STALE_S"))
     watchdog_startup_grace_s: float = Field(90.0, ge=0, validation_alias=_alias("WATCHDOG_STARTUP_GRACE_S"))
+    # Scale-out (README "Topology"): this container's roles, its name in /health/circuits, and how long an
+    # API- or worker-only container waits at start for the container that serves the embedded store.
+    lectern_roles: str | None = Field(None, validation_alias=_alias("LECTERN_ROLES"))
+    hostname: str = Field(default_factory=socket.gethostname, min_length=1, validation_alias=_alias("HOSTNAME"))
+    store_wait_s: float = Field(30.0, ge=0, le=600, validation_alias=_alias("LECTERN_STORE_WAIT"))
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", validation_alias=_alias("LOG_LEVEL")
@@ -155,6 +173,27 @@ class Settings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"expected a regular expression matching whole origins ({exc.msg})") from None
         return value
+
+    @field_validator("frame_ancestors", mode="before")
+    @classmethod
+    def _check_frame_ancestors(cls, value: Any) -> Any:
+        # Strict, because each entry is written into a Content-Security-Policy header verbatim.
+        items = value.split(",") if isinstance(value, str) else value
+        origins = [str(item).strip().rstrip("/") for item in items or () if str(item).strip()]
+        for origin in origins:
+            if not _FRAME_ANCESTOR.fullmatch(origin):
+                raise ValueError(f"expected comma-separated origins like https://example.com, got {origin!r}")
+        return origins
+
+    @field_validator("lectern_roles", mode="before")
+    @classmethod
+    def _check_roles(cls, value: Any) -> Any:
+        if value is None or str(value).strip() == "":
+            return None
+        names = [item.strip().lower() for item in str(value).split(",") if item.strip()]
+        if not names or any(name not in (*ROLE_NAMES, "all") for name in names):
+            raise ValueError(f"expected 'all' or a comma-separated list of {', '.join(ROLE_NAMES)}")
+        return ",".join(names)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -240,8 +279,8 @@ class Settings(BaseSettings):
 
     @property
     def dense_dimensions(self) -> int:
-        """The size of the stored dense vectors: EMBEDDING_DIMENSIONS online, the local model's offline."""
-        return LOCAL_EMBEDDING_DIMENSIONS if self.offline else self.embedding_dimensions
+        """The size of the stored dense vectors: EMBEDDING_DIMENSIONS online, the offline embedder's offline."""
+        return OFFLINE_EMBEDDING_DIMENSIONS if self.offline else self.embedding_dimensions
 
     @property
     def auto_ingest_sample_docs(self) -> bool:
@@ -257,6 +296,21 @@ class Settings(BaseSettings):
     def embedded_qdrant(self) -> bool:
         """True when Qdrant runs in local mode inside DATA_DIR (owned by the arq worker)."""
         return self.qdrant_url is None
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """LECTERN_ROLES; unset or `all`: api, worker and watchdog, plus redis without REDIS_URL and store
+        (the embedded Qdrant) without QDRANT_URL, i.e. the single container of today."""
+        every = {"api", "worker", "watchdog"}
+        every |= {"redis"} if self.embedded_redis else set()
+        every |= {"store"} if self.embedded_qdrant else set()
+        names = set((self.lectern_roles or "all").split(","))
+        return frozenset(every | (names - {"all"}) if "all" in names else names)
+
+    @property
+    def owns_embedded_store(self) -> bool:
+        """True when this container's worker process opens the embedded Qdrant folder and serves it."""
+        return self.embedded_qdrant and "store" in self.roles
 
     @property
     def redis_socket_path(self) -> Path:

@@ -11,6 +11,9 @@ JOB_INGEST: Final = "ingest_documents"
 
 # Redis key prefixes
 CIRCUIT_STATE_PREFIX: Final = "lectern:circuit:"
+#: Each process's breaker row (shared.platform.circuit_state), refreshed every second while its event loop
+#: runs; the watchdog reads the arq worker's row to tell a hung worker of ITS container from a live one.
+CIRCUIT_PROCESS_KEY: Final = CIRCUIT_STATE_PREFIX + "proc:{host}:{role}:{pid}"
 SESSION_CACHE_PREFIX: Final = "lectern:auth:session:"
 CONTENT_CACHE_PREFIX: Final = "lectern:content:"
 RATE_LIMIT_PREFIX: Final = "lectern:ratelimit"
@@ -34,6 +37,9 @@ ROLE_WORKER: Final = "worker"
 #: our own backlog (at 8, the cap itself was the queue at 50 readers).
 EMBEDDED_STORE_CONCURRENCY: Final = 32
 
-#: The bundled local semantic model (shared.inference.semantic): its name in vector signatures, and its output size.
+#: The bundled local semantic model (shared.inference.semantic, the relevance gate's signal): name and size.
 LOCAL_EMBEDDING_MODEL: Final = "wordllama-l2-supercat-256"
 LOCAL_EMBEDDING_DIMENSIONS: Final = 256
+#: The offline dense embedder (shared.inference.local_dense): its name in vector signatures, and its size.
+OFFLINE_EMBEDDING_MODEL: Final = "multilingual-e5-small-q4"
+OFFLINE_EMBEDDING_DIMENSIONS: Final = 384

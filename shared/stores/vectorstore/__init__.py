@@ -73,11 +73,12 @@ def __getattr__(name: str) -> Any:
 def create_vector_store(
     settings: Settings, *, role: str, redis: ArqRedis, resilience: Resilience | None = None
 ) -> VectorStore:
-    """The process's store: a server client everywhere with QDRANT_URL; in embedded mode the worker
-    owns the local folder and every other role reaches it over the Redis RPC (no qdrant_client import)."""
+    """The process's store: a server client everywhere with QDRANT_URL; in embedded mode the worker of the
+    container with the `store` role (every role, in one container) owns the local folder and every other
+    process reaches it over the Redis RPC (no qdrant_client import)."""
     from shared.platform.constants import ROLE_WORKER
 
-    if not settings.embedded_qdrant or role == ROLE_WORKER:
+    if not settings.embedded_qdrant or (role == ROLE_WORKER and settings.owns_embedded_store):
         from shared.stores.vectorstore.qdrant import build_qdrant_store
 
         return build_qdrant_store(settings, resilience=resilience)
