@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ import numpy as np
 from shared.platform.constants import OFFLINE_EMBEDDING_DIMENSIONS, OFFLINE_EMBEDDING_MODEL
 
 __all__ = ["LocalDenseEmbedder"]
+
+#: Question vectors kept per process: readers of one book ask the same questions (384 floats each).
+CACHED_QUERIES = 1024
 
 
 class LocalDenseEmbedder:
@@ -35,6 +39,7 @@ class LocalDenseEmbedder:
         self._threads = threads
         self._engine: Any = None
         self._lock = threading.Lock()
+        self._queries: OrderedDict[str, list[float]] = OrderedDict()
 
     @property
     def signature(self) -> str:
@@ -59,6 +64,14 @@ class LocalDenseEmbedder:
         return [row.tolist() for row in vectors]
 
     async def embed_query(self, text: str) -> list[float]:
-        """Embed one question."""
+        """Embed one question (recent questions' vectors are kept, LRU)."""
+        cached = self._queries.get(text)
+        if cached is not None:
+            self._queries.move_to_end(text)
+            return cached
         vectors = await asyncio.to_thread(self._embed, [text], query=True)
-        return [float(x) for x in vectors[0]]
+        vector = [float(x) for x in vectors[0]]
+        self._queries[text] = vector
+        if len(self._queries) > CACHED_QUERIES:
+            self._queries.popitem(last=False)
+        return vector
