@@ -10,9 +10,10 @@ from fastapi import FastAPI
 import shared
 from api.errors import install_error_handlers
 from api.health_fastpath import HealthFastPath
-from api.middleware import install_middleware
+from api.middleware import HeadMiddleware, install_middleware
 from api.observability import install_observability
 from api.openapi import install_openapi
+from api.pages import install_pages
 from api.routers import build_router
 from shared.platform.clients import build_services
 from shared.platform.config import Settings, load_settings
@@ -46,8 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.chat_rate_limit = Limit.parse("chat", settings.rate_limit_chat)
     install_error_handlers(app)
     app.include_router(build_router())
+    install_pages(app)  # /admin and /static (the reader page is GET / for browsers)
     install_openapi(app)
     install_middleware(app, settings=settings)
     install_observability(app)
-    app.add_middleware(HealthFastPath)  # outermost: liveness probes skip routing and the other middleware
+    app.add_middleware(HealthFastPath)  # liveness probes skip routing and the other middleware
+    app.add_middleware(HeadMiddleware)  # outermost: HEAD runs as GET everywhere, the fast path included
     return app

@@ -1,12 +1,17 @@
-"""Pure-ASGI middleware: request context, unhandled-error envelope, streaming body-size limit.
+"""Pure-ASGI middleware: request context, unhandled-error envelope, streaming body-size limit, HEAD and OPTIONS.
 
-All three are plain ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the
+All are plain ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the
 per-request cost stays in microseconds. `api.main` stacks them, outermost first:
 
+    HeadMiddleware             HEAD is answered by the GET route, without the body (outside even the /health fast path)
     RequestContextMiddleware   request id, access log, security headers (also on CORS preflights)
     EnvelopeCORSMiddleware     Starlette's, so every response below (errors too) has CORS headers; refusals enveloped
     BodySizeLimitMiddleware    413 while the body arrives
     ErrorEnvelopeMiddleware    an exception nobody handled -> logged traceback + generic 500 envelope
+    OptionsMiddleware          an OPTIONS that is not a CORS preflight: 204 with `Allow`
+
+Framing: every response gets `X-Frame-Options: DENY` unless it states its own CSP `frame-ancestors` (only
+the HTML pages of `api.pages` do).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -52,7 +58,9 @@ CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "X-API-Ke
 
 
 def install_middleware(app: FastAPI, *, settings: Settings) -> None:
-    """Stack the middleware (see the module docstring for the order and why)."""
+    """Stack the middleware (see the module docstring for the order and why; `HeadMiddleware` is added by
+    `api.main` last, outside the /health fast path)."""
+    app.add_middleware(OptionsMiddleware)
     app.add_middleware(ErrorEnvelopeMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware, default_limit=1 * MiB, large_limit=20 * MiB, large_prefixes=("/api/ingest", "/ingest")
@@ -131,6 +139,8 @@ def _response_headers(headers: Any, request_id: str) -> list[tuple[bytes, bytes]
     """The response's raw headers plus X-Request-ID and the security headers, minus any `server` banner."""
     out = [(k, v) for k, v in headers if k.lower() not in {b"server", b"x-request-id"}]
     present = {k.lower() for k, _ in out}
+    if any(k.lower() == b"content-security-policy" and b"frame-ancestors" in v for k, v in out):
+        present.add(b"x-frame-options")  # the page says who may frame it; DENY would override that in old browsers
     out.append((b"x-request-id", request_id.encode("latin-1")))
     out.extend(item for item in _RAW_SECURITY_HEADERS if item[0] not in present)
     return out
@@ -215,6 +225,79 @@ class ErrorEnvelopeMiddleware:
                 payload = json.dumps({"code": "internal_error", "detail": GENERIC_500})
                 await send({"type": "http.response.body", "body": f"event: error\ndata: {payload}\n\n".encode()})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class HeadMiddleware:
+    """Answer `HEAD` like `GET` (same status and headers, no body) on every GET route.
+
+    FastAPI routes list GET only, so HEAD would be 405. The request runs as GET and the body is dropped.
+    The method is changed in the scope itself, not a copy, and set back to HEAD when the response starts:
+    the server reads it there to send no body, and the router writes the matched `route` there for the
+    access log and the metrics. Outermost, so the /health fast path answers HEAD probes too.
+    """
+
+    _BODY_MESSAGES = frozenset({"http.response.body", "http.response.pathsend", "http.response.zerocopysend"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        finished = False
+
+        async def send_head(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.start":
+                scope["method"] = "HEAD"
+                await send(message)
+            elif message["type"] not in self._BODY_MESSAGES:
+                await send(message)
+            elif not finished and not message.get("more_body", False):
+                finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_head)
+        finally:
+            scope["method"] = "HEAD"
+
+
+class OptionsMiddleware:
+    """`OPTIONS` that is not a CORS preflight (CORS answers those first): 204 with the path's `Allow`.
+
+    The methods come from the app's routes (FastAPI's `iter_route_contexts`, as `api.openapi` reads them);
+    a path no route knows falls through to the usual 404 envelope.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS" or "app" not in scope:
+            await self.app(scope, receive, send)
+            return
+        allowed = allowed_methods(scope["app"].routes, scope["path"])
+        if not allowed:
+            await self.app(scope, receive, send)
+            return
+        allow = ", ".join(sorted(allowed)).encode()
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def allowed_methods(routes: Any, path: str) -> set[str]:
+    """Methods the app's routes accept on `path` (HEAD wherever GET is), plus OPTIONS; empty if none."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(routes):
+        regex = getattr(context, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(context.methods or ()) or {"GET"}  # a mount (the static files) serves GET
+    if methods and "GET" in methods:
+        methods.add("HEAD")
+    return methods | {"OPTIONS"} if methods else methods
 
 
 class PayloadTooLargeError(HTTPException):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 import shared
-from api.deps import ServicesDep
+from api.deps import ServicesDep, SettingsDep
+from api.pages import page_response, prefers_html
 from shared.platform.circuit_state import ProcessObservers, merged_circuits
 from shared.platform.constants import SERVICE_NAME
 from shared.platform.readiness import ReadinessProbe
@@ -19,10 +20,18 @@ SERVED_BY = "X-Served-By"
 router = APIRouter(tags=["health"])
 
 
-@router.get("/", summary="Service banner")
-async def root() -> dict[str, str]:
-    """Name, version and where the docs are."""
-    return {"status": "online", "service": SERVICE_NAME, "version": shared.__version__, "docs": "/docs"}
+@router.get(
+    "/",
+    summary="Service banner (a browser gets the reader playground page)",
+    response_model=dict[str, str],
+    responses={200: {"content": {"text/html": {}}}},
+)
+async def root(request: Request, settings: SettingsDep) -> Response:
+    """Name, version and where the docs are; an `Accept` that prefers text/html gets the HTML page instead."""
+    if prefers_html(request.headers.get("accept")):
+        return page_response("reader", settings, vary_accept=True)
+    banner = {"status": "online", "service": SERVICE_NAME, "version": shared.__version__, "docs": "/docs"}
+    return JSONResponse(banner, headers={"Vary": "Accept"})
 
 
 @router.get("/health", summary="Liveness (never touches an upstream)")
