@@ -228,15 +228,18 @@ async def retrieve(
     selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
     haystacks = [_haystack(hit) for hit in hits]
     headings = [hit.heading or hit.title or "" for hit in hits]
-    # One batch for both: each passage's similarity (the gate) and its heading's (the ranking).
-    similarities = await services.semantic.similarities(text, [*haystacks, *headings])
-    semantic, heading_semantic = similarities[: len(hits)], similarities[len(hits) :]
+    # One batch for both: each passage's similarity (the gate, unless offline where e5's cosine is the
+    # semantic signal) and its heading's (the ranking).
+    gated = haystacks if gate.min_semantic is not None else []
+    similarities = await services.semantic.similarities(text, [*gated, *headings])
+    heading_semantic = similarities[len(gated) :]
+    semantic: list[float | None] = list(similarities[: len(gated)]) if gated else [None] * len(hits)
     passages: list[Passage] = []
     for hit, haystack, similarity, heading_similarity in zip(hits, haystacks, semantic, heading_semantic, strict=True):
         coverage = term_coverage(question_terms, haystack)
         if selected_terms:
             coverage = max(coverage, term_coverage(selected_terms, haystack))
-        score = hit.dense_score if hit.dense_score is not None else similarity
+        score = hit.dense_score if hit.dense_score is not None else (similarity or 0.0)
         passages.append(
             Passage(
                 source=hit.source,
@@ -264,7 +267,7 @@ async def retrieve(
         candidates=len(passages),
         kept=len(kept),
         dense=dense is not None,
-        best_semantic=round(max(semantic, default=0.0), 3),
+        best_semantic=round(max((s for s in semantic if s is not None), default=0.0), 3),
         best_coverage=round(max((p.coverage for p in passages), default=0.0), 3),
         embed_ms=round((embedded - started) * 1000, 1),
         query_ms=round((queried - embedded) * 1000, 1),
