@@ -116,7 +116,10 @@ async def _plan_turn(*, services: Services, turn: Turn) -> AnswerPlan:
     if search.rewritten:
         turn.search_query = search.text
         log.info("chat.search_query", method=search.method, search_query=search.text)
-    passages = await retrieve(services=services, query=search.text, selected_text=turn.selected_text)
+    # A rewritten follow-up's own words are its new focus ("And a camera?"); a request about the previous
+    # answer ("Explain that more simply.") has none: it searches the previous turn's query again.
+    focus = turn.query if search.method in ("rule", "model") else ""
+    passages = await retrieve(services=services, query=search.text, selected_text=turn.selected_text, focus=focus)
     return plan_answer(
         services=services,
         query=turn.query,

@@ -29,5 +29,6 @@ class Passage:
     semantic_score: float | None = None
     heading_coverage: float = 0.0
     heading_semantic: float = 0.0
+    heading_focus: float = 0.0
     defines_subject: bool = False
     section_kind: str = "explains"

@@ -59,6 +59,10 @@ HEADING_TERMS_WEIGHT = 0.1
 HEADING_SEMANTIC_WEIGHT = 0.25
 #: A "what is X?" question moves a section that opens by defining X up by this much (as above).
 DEFINITION_WEIGHT = 0.5
+#: A rewritten follow-up ("And a camera?" searched with the earlier question's words) moves a section whose
+#: heading names the reader's own new words up by this much per share of them: they are the new focus, the
+#: borrowed words only context.
+FOCUS_HEADING_WEIGHT = 0.25
 #: Words that frame a question rather than name its subject ("tell me about LiDAR", "what do I need"):
 #: left out of term coverage, so the subject decides.
 QUESTION_FRAME_TERMS = frozenset(
@@ -168,7 +172,7 @@ def _rank(passages: list[Passage]) -> list[Passage]:
     for position, passage in enumerate(passages):
         fused = 1.0 - position / max(count, 1)  # the store's hybrid order, as a 1..0 score
         heading = HEADING_TERMS_WEIGHT * passage.heading_coverage + HEADING_SEMANTIC_WEIGHT * passage.heading_semantic
-        heading += DEFINITION_WEIGHT * passage.defines_subject
+        heading += DEFINITION_WEIGHT * passage.defines_subject + FOCUS_HEADING_WEIGHT * passage.heading_focus
         keyed.append((passage.section_kind == SECTION_ASKS, -(fused + heading), passage))
     keyed.sort(key=lambda item: (item[0], item[1]))
     ranked: list[Passage] = []
@@ -189,9 +193,10 @@ async def retrieve(
     limit: int | None = None,
     min_dense_score: float | None = None,
     min_term_coverage: float | None = None,
+    focus: str = "",
 ) -> list[Passage]:
     """The passages that clear the relevance gate, best first, one per section (at most `limit`, default
-    RETRIEVAL_TOP_K).
+    RETRIEVAL_TOP_K). `focus` is the reader's own words when `query` is a rewritten follow-up.
 
     Raises `UpstreamUnavailable` when the vector store is failing (at once when its breaker is open); a
     failing, slow or breaker-blocked embeddings API degrades to BM25-only retrieval instead.
@@ -225,6 +230,7 @@ async def retrieve(
     queried = time.perf_counter()
 
     question_terms = set(tokenize(query)) - QUESTION_FRAME_TERMS
+    focus_terms = set(tokenize(focus)) - QUESTION_FRAME_TERMS
     selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
     haystacks = [_haystack(hit) for hit in hits]
     headings = [hit.heading or hit.title or "" for hit in hits]
@@ -254,6 +260,7 @@ async def retrieve(
                 semantic_score=similarity,
                 heading_coverage=term_coverage(question_terms, hit.heading or ""),
                 heading_semantic=heading_similarity,
+                heading_focus=term_coverage(focus_terms, hit.heading or ""),
                 defines_subject=defines_subject(query, hit.content),
                 coverage=coverage,
                 heading_path=list(hit.heading_path or []),

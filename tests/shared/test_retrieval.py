@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.answers.retrieval import retrieve, term_coverage
+from shared.answers.passages import Passage
+from shared.answers.retrieval import _rank, retrieve, term_coverage
 from shared.platform.clients import Services
 from shared.platform.config import Settings
 from shared.stores.sparse import tokenize
@@ -115,3 +116,36 @@ def test_term_coverage_counts_stemmed_content_terms() -> None:
     assert terms == {"best", "pizza", "napl"}
     assert term_coverage(terms, "The best practices for robots") == pytest.approx(1 / 3)
     assert term_coverage(set(), "anything") == 0.0
+
+
+async def test_a_follow_up_s_own_words_lead_among_borrowed_context(services: Services) -> None:
+    """ "And a camera?" after a LiDAR question is searched with the LiDAR question's words; with the reader's
+    own words as the focus, the section whose heading names the camera comes first."""
+    query = "And a camera? LiDAR sensor simulated Gazebo"
+    focused = await retrieve(services=services, query=query, focus="And a camera?", limit=3)
+    assert focused[0].heading == "Camera Sensor Configuration"
+    assert focused[0].heading_focus == 1.0
+    unfocused = await retrieve(services=services, query=query, limit=3)
+    assert all(p.heading_focus == 0.0 for p in unfocused)
+
+
+def test_focus_moves_the_section_naming_the_reader_s_words_up() -> None:
+    """Ranking: of two explaining sections in the store's order, the second leads once its heading names
+    the follow-up's own words (heading_focus 1.0), and not otherwise."""
+
+    def passage(heading: str, focus: float) -> Passage:
+        return Passage(
+            source="week6/gazebo.md",
+            title="Gazebo",
+            heading=heading,
+            url=f"#{heading}",
+            content="...",
+            score=0.0,
+            heading_focus=focus,
+        )
+
+    others = [passage(f"Other section {i}", 0.0) for i in range(18)]  # a store returns ~20 candidates
+    plain = _rank([passage("LiDAR", 0.0), passage("Camera", 0.0), *others])
+    focused = _rank([passage("LiDAR", 0.0), passage("Camera", 1.0), *others])
+    assert [p.heading for p in plain[:2]] == ["LiDAR", "Camera"]
+    assert [p.heading for p in focused[:2]] == ["Camera", "LiDAR"]
