@@ -76,11 +76,15 @@ def test_ingest_through_one_api_chat_through_the_other(deployment: dict[str, Any
     """A document ingested through API container 1 is cited by an answer from API container 2; the store
     is the worker container's embedded Qdrant, reached over the shared Redis."""
     a1, a2, worker = deployment["a1"], deployment["a2"], deployment["worker"]
-    assert {p: s[0] for p, s in a1.program_states().items() if s[0] == "RUNNING"} == {"api": "RUNNING"}
-    assert {p: s[0] for p, s in worker.program_states().items() if s[0] == "RUNNING"} == {
-        "worker": "RUNNING",
-        "watchdog": "RUNNING",
-    }
+
+    def running(container: Any) -> set[str]:
+        return {program for program, (state, _) in container.program_states().items() if state == "RUNNING"}
+
+    # /health answers before supervisord calls the program RUNNING (startsecs=2): wait for the states.
+    wait_for(lambda: running(a1) == {"api"}, timeout=30, interval=0.5, message="a1 runs the api only")
+    assert running(a1) == {"api"}
+    wait_for(lambda: running(worker) == {"worker", "watchdog"}, timeout=30, interval=0.5, message="worker states")
+    assert running(worker) == {"worker", "watchdog"}
     with a1.client() as client:
         response = client.post("/api/ingest", json={"documents": [DOC]}, headers=ADMIN)
         assert response.status_code == 202, response.text

@@ -145,7 +145,11 @@ def test_watchdog_restarts_its_own_hung_worker_while_another_container_lives(
     health key stays fresh (the other container's worker writes it), yet that container's watchdog restarts
     its own worker (it watches the process's own heartbeat key), and the other worker is left alone."""
     with scratch_redis_db() as redis_url:
-        env = base_env(redis_url, pg_database_factory(), fake_openai, WATCHDOG_STALE_S="4")
+        # The watchdog polls every 5 s: if the freeze comes before it has seen the new worker's heartbeat, the
+        # startup grace (not the stale limit) decides, so it is short here too.
+        env = base_env(
+            redis_url, pg_database_factory(), fake_openai, WATCHDOG_STALE_S="4", WATCHDOG_STARTUP_GRACE_S="15"
+        )
         steady = Container("lectern-h1", "worker,store,watchdog", env=env)
         frozen = Container("lectern-h2", "worker,watchdog", env=env)
         try:
