@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,10 +24,11 @@ import httpx
 import pytest
 
 from tests.fakes.openai_server import free_port
-from tests.utils.browser import CHROMIUM, Browser, Page, chromium
+from tests.utils.browser import Browser, Page, browser
 from tests.utils.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+__all__ = ["browser"]  # the shared Chromium fixture, used by the tests below
 
 PAGES = Path(__file__).resolve().parent / "browser_cors"
 
@@ -85,17 +85,6 @@ def stack(page_port: int, fake_openai: Any) -> Iterator[Stack]:
         # The chat answers from the worker's embedded store: until the worker serves it, a question is a
         # fast 503 (as API.md says), which this test must not race against.
         running.wait_worker(timeout=60)
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Chromium with a fresh profile."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (apt-get install chromium)")
-        pytest.skip("chromium not installed")
-    with chromium() as running:
         yield running
 
 

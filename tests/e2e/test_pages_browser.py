@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -25,10 +24,11 @@ import pytest
 
 from shared.ingestion.chunking import docs_url, heading_slug
 from tests.fakes.openai_server import FakeOpenAI, free_port
-from tests.utils.browser import CHROMIUM, Browser, Page, chromium
+from tests.utils.browser import CHROMIUM, Browser, Page, browser, chromium
 from tests.utils.stack import Stack, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+__all__ = ["browser"]  # the shared Chromium fixture, used by the tests below
 
 ADMIN_KEY = "pages-admin-" + uuid.uuid4().hex[:12]
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -64,17 +64,6 @@ def stack(fake_openai: FakeOpenAI, frame_port: int) -> Iterator[Stack]:
                 return bool(jobs) and all(job["status"] == "succeeded" for job in jobs)
 
             wait_for(sample_docs_ingested, timeout=90, interval=0.5, message="the sample docs auto-ingest")
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Chromium (Debian's package), a fresh profile."""
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (apt-get install chromium)")
-        pytest.skip("chromium not installed")
-    with chromium() as running:
         yield running
 
 

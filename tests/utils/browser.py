@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = (
     "--headless",
@@ -379,3 +381,15 @@ def chromium(*, flags: tuple[str, ...] = ()) -> Iterator[Browser]:
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (Debian's package) with a fresh profile, per test module; a failure in CI when it
+    is missing (`.ci/run` installs it), a skip elsewhere."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    with chromium() as running:
+        yield running
