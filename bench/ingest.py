@@ -3,7 +3,7 @@
 Run from the repo root: `.venv/bin/python -m bench.ingest [--copies 10] [--latency-ms 50] [--dims 1536]`
 
 Set-up, all real except the embeddings server: a private redis-server on a unix socket, SQLite and Qdrant
-local mode in a temp DATA_DIR, `python -m worker run` as its own process (it owns the local store), and
+the embedded Qdrant in a temp DATA_DIR, `python -m worker run` as its own process (it owns the local store), and
 the fake OpenAI server as its own process (`python -m tests.fakes.openai_server`, 1536-dim vectors, 50 ms
 per request). The job is submitted with `shared.ingestion.pipeline.submit_ingest`, the same code path as
 `POST /api/ingest`; the clock runs from submit to the job's `finished_at`.

@@ -1,4 +1,4 @@
-"""Search benchmark: what one hybrid query costs the worker's store (Qdrant local mode), in-process.
+"""Search benchmark: what one hybrid query costs the worker's store (the embedded Qdrant Edge shard), in-process.
 
 Run from the repo root: `.venv/bin/python -m bench.search [--copies 1 10] [--questions 50] [--rounds 3]`
 
@@ -6,7 +6,7 @@ Offline settings (no OPENAI_API_KEY): the dense vectors are the bundled local mo
 the sparse ones BM25, as embedded mode indexes them. For each `--copies` N the textbook (`../shared/corpus`,
 or LECTERN_CORPUS_DIR) is ingested N times under distinct sources with the ingestion service in-process
 (`submit_ingest` then `run_ingest_job`, what the arq worker runs) into a fresh temp DATA_DIR (SQLite +
-local-mode Qdrant), with worker-role services. The questions are the quality set's (`bench/quality_set.json`:
+embedded Qdrant), with worker-role services. The questions are the quality set's (`bench/quality_set.json`:
 in-book questions, then off-topic ones); each question's dense and BM25 vectors are computed once, then
 `store.query(dense=, sparse=, limit=RETRIEVAL_TOP_K * CANDIDATE_FACTOR)` (the call the chat's retrieval makes,
 answered on the store thread) is timed: one warm-up pass, then `--rounds` passes over every question.

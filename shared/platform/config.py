@@ -294,7 +294,7 @@ class Settings(BaseSettings):
 
     @property
     def embedded_qdrant(self) -> bool:
-        """True when Qdrant runs in local mode inside DATA_DIR (owned by the arq worker)."""
+        """True when Qdrant runs embedded (Qdrant Edge) inside DATA_DIR, owned by the `store` role's worker."""
         return self.qdrant_url is None
 
     @property
@@ -324,7 +324,7 @@ class Settings(BaseSettings):
 
     @property
     def qdrant_path(self) -> Path:
-        """Folder of the embedded Qdrant local-mode store."""
+        """Folder of the embedded Qdrant store (the Edge shard lives in `edge/<collection>` inside)."""
         return self.data_dir.resolve() / "qdrant"
 
     @property

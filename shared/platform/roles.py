@@ -7,7 +7,7 @@ Qdrant server (`QDRANT_URL`). Roles:
 
 - `api`: Gunicorn + Uvicorn workers serving the HTTP API;
 - `worker`: the arq worker (ingestion jobs, the job reconciler, cron);
-- `store`: the embedded Qdrant (local mode in `DATA_DIR/qdrant`), opened by this container's worker process
+- `store`: the embedded Qdrant (a Qdrant Edge shard in `DATA_DIR/qdrant`), opened by this container's worker process
   and served to every other process over the Redis RPC. One container per Redis; never with `QDRANT_URL`.
   Without `worker` the worker process serves the store only and runs no jobs;
 - `redis`: the embedded Redis (unix socket in `DATA_DIR`); reachable from its own container only;

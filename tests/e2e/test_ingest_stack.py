@@ -1,5 +1,5 @@
 """Ingestion through the whole stack (scripts/start -> supervisord: embedded Redis, 2 Gunicorn workers, the
-arq worker owning Qdrant local mode), PostgreSQL and the fake OpenAI server. One stack for the module.
+arq worker owning the embedded Qdrant), PostgreSQL and the fake OpenAI server. One stack for the module.
 
 Covers: the dev auto-ingest of the sample docs, the textbook ingested through the API with matching counts,
 new chunks visible from EVERY API worker (each reaches the worker's local store over the Redis RPC), a worker

@@ -1,4 +1,4 @@
-"""Retrieval over the real textbook in a real local-mode Qdrant, embedded by the fake OpenAI server."""
+"""Retrieval over the real textbook in the real embedded Qdrant (Edge), embedded by the fake OpenAI server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The real textbook corpus indexed into a real local-mode Qdrant, for the chat tests.
+"""The real textbook corpus indexed into the real embedded Qdrant (Edge), for the chat tests.
 
 The ingestion service does the work in-process (`submit_ingest` then `run_ingest_job`, what the arq
 worker runs), embedding with the fake OpenAI server's deterministic vectors.
@@ -155,7 +155,7 @@ async def sign_up(client: httpx.AsyncClient, *, proficiency: str = "pro", name: 
 
 @pytest.fixture(scope="module")
 async def corpus_store(fake_openai: Any) -> AsyncIterator[VectorStore]:
-    """A local-mode Qdrant holding the whole textbook (embedded by the fake server), per test module."""
+    """An embedded Qdrant holding the whole textbook (embedded by the fake server), per test module."""
     fake_openai.reset()  # an earlier module may have left a fault switched on
     settings = chat_settings(openai_base_url=fake_openai.url)
     services, chunks = await indexed_store(settings)
@@ -167,7 +167,7 @@ async def corpus_store(fake_openai: Any) -> AsyncIterator[VectorStore]:
 
 @pytest.fixture(scope="module")
 async def offline_corpus_store() -> AsyncIterator[VectorStore]:
-    """A local-mode Qdrant holding the whole textbook as offline mode indexes it (the bundled local model's
+    """An embedded Qdrant holding the whole textbook as offline mode indexes it (the bundled local model's
     dense vectors + BM25), per test module."""
     services, chunks = await indexed_store(chat_settings(openai_base_url=None, offline=True))
     assert chunks > 100

@@ -1,6 +1,6 @@
 """In-process ingestion environment: the real API app and a real arq worker in one event loop.
 
-The worker (built by `worker.settings.build_worker`) owns the Qdrant local-mode folder and serves it over
+The worker (built by `worker.settings.build_worker`) owns the embedded Qdrant (Edge) folder and serves it over
 Redis; the API app reaches it through the same RPC as in production's embedded mode. Redis is the
 machine's (a scratch db), the database SQLite in a temp DATA_DIR or a fresh PostgreSQL database.
 """
@@ -27,7 +27,7 @@ from api.main import create_app
 from shared.platform.clients import Services
 from shared.platform.config import Settings
 from shared.stores.db.migrate import upgrade
-from shared.stores.vectorstore import QdrantVectorStore
+from shared.stores.vectorstore import EdgeVectorStore
 from tests.conftest import REDIS_TEST_URL
 from tests.utils.corpus import corpus_dir
 from worker.settings import build_worker
@@ -74,21 +74,26 @@ class IngestEnv:
 
     @property
     def worker_services(self) -> Services:
-        """The worker's clients (its store is the local-mode owner)."""
+        """The worker's clients (its store is the embedded store's owner)."""
         services: Services = self.worker.ctx["services"]
         return services
 
     @property
-    def store(self) -> QdrantVectorStore:
-        """The worker's local store (direct access, for assertions)."""
+    def store(self) -> EdgeVectorStore:
+        """The worker's embedded store (direct access, for assertions)."""
         store = self.worker_services.vectorstore
-        assert isinstance(store, QdrantVectorStore)
+        assert isinstance(store, EdgeVectorStore)
         return store
 
     def storage_state(self) -> list[tuple[str, int, int]]:
-        """(name, size, mtime) of Qdrant local mode's persistence file (SQLite): any write changes it."""
-        folder = self.settings.qdrant_path / "collection" / self.settings.qdrant_collection
-        return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("storage.sqlite*"))
+        """(path, size, mtime) of every file of the embedded shard (write-ahead log, segments): any write
+        changes one."""
+        folder = self.store.path
+        return sorted(
+            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")
+            if p.is_file()
+        )
 
     async def submit(self, documents: list[dict[str, Any]]) -> str:
         """POST /api/ingest and return the job id."""
@@ -112,31 +117,17 @@ class IngestEnv:
         return await self.wait_job(await self.submit(documents), timeout=timeout)
 
     async def snapshot(self) -> dict[str, tuple[Any, ...]]:
-        """Every point: id -> (payload, dense, sparse) straight from the local store."""
-        assert self.store._local is not None
-        local = self.store._local
-        points: dict[str, tuple[Any, ...]] = {}
-        offset: Any = None
-        while True:
-            batch, offset = await asyncio.to_thread(
-                local.scroll,
-                collection_name=self.settings.qdrant_collection,
-                limit=1000,
-                offset=offset,
-                with_payload=True,
-                with_vectors=True,
+        """Every point: id -> (payload, dense, sparse) straight from the embedded store."""
+        return {
+            point.id: (
+                dict(point.payload),
+                tuple(round(x, 6) for x in point.dense) if point.dense is not None else None,
+                (tuple(point.sparse.indices), tuple(round(v, 6) for v in point.sparse.values))
+                if point.sparse.indices
+                else None,
             )
-            for p in batch:
-                vectors: dict[str, Any] = dict(p.vector) if isinstance(p.vector, dict) else {}
-                dense = vectors.get("dense")
-                sparse = vectors.get("bm25")
-                points[str(p.id)] = (
-                    dict(p.payload or {}),
-                    tuple(round(x, 6) for x in dense) if dense is not None else None,
-                    (tuple(sparse.indices), tuple(round(v, 6) for v in sparse.values)) if sparse is not None else None,
-                )
-            if offset is None:
-                return points
+            for point in await self.store.export()
+        }
 
 
 @asynccontextmanager

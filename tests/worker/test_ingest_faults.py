@@ -16,16 +16,23 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from arq.jobs import Job, JobStatus
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from shared.inference.local_dense import LocalDenseEmbedder
 from shared.ingestion.jobs import RECONCILE_GRACE_S, reconcile_jobs
 from shared.platform.config import Settings
-from shared.platform.constants import JOB_INGEST, OFFLINE_EMBEDDING_DIMENSIONS, QUEUE_NAME
+from shared.platform.constants import (
+    DENSE_VECTOR,
+    JOB_INGEST,
+    OFFLINE_EMBEDDING_DIMENSIONS,
+    QUEUE_NAME,
+    SPARSE_VECTOR,
+)
 from shared.platform.upstreams import Upstream
 from shared.stores.db.models import IngestJob, IngestJobDocument, utcnow
-from shared.stores.sparse import encode_query
-from shared.stores.vectorstore import CollectionMismatch, QdrantVectorStore
+from shared.stores.sparse import encode_document, encode_query
+from shared.stores.vectorstore import CollectionMismatch, point_id
+from shared.stores.vectorstore.edge import build_edge_store
 from tests.fakes.openai_server import FakeOpenAI
 from tests.worker.harness import IngestEnv, ingest_env, ingest_settings
 
@@ -149,12 +156,11 @@ async def test_offline_mode_indexes_local_dense_and_bm25_and_searches() -> None:
 
 
 async def test_dimension_mismatch_is_a_clear_startup_error(tmp_path: Path) -> None:
-    """Opening a collection built for other dimensions raises an error that says how to reindex."""
-    path = str(tmp_path / "qdrant")
+    """Opening a store built for other dimensions raises an error that says how to reindex."""
     for dims, expect_error in ((64, False), (128, True)):
         # EMBEDDING_DIMENSIONS is the online setting (offline vectors come from the bundled local model).
         settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=dims, openai_api_key="sk-unused")
-        store = QdrantVectorStore(settings, local_client=QdrantClient(path=path))
+        store = build_edge_store(settings)
         try:
             if expect_error:
                 with pytest.raises(CollectionMismatch, match=r"EMBEDDING_DIMENSIONS=128.*reindex"):
@@ -163,6 +169,52 @@ async def test_dimension_mismatch_is_a_clear_startup_error(tmp_path: Path) -> No
                 await store.ensure_collection()
         finally:
             await store.close()
+
+
+async def test_an_index_left_by_qdrant_local_mode_is_carried_over(tmp_path: Path) -> None:
+    """A DATA_DIR from before Qdrant Edge (qdrant-client's local-mode folder) keeps its index: the points
+    are copied into the new shard once, searchable at once, and the old collection is dropped."""
+    settings = Settings(_env_file=None, data_dir=tmp_path, embedding_dimensions=8, openai_api_key="sk-unused")
+    texts = ["Zero moment point keeps a biped upright.", "LiDAR measures distance with laser pulses."]
+    old = QdrantClient(path=str(settings.qdrant_path))
+    old.create_collection(
+        settings.qdrant_collection,
+        vectors_config={DENSE_VECTOR: models.VectorParams(size=8, distance=models.Distance.COSINE)},
+        sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+    )
+    old.upsert(
+        settings.qdrant_collection,
+        points=[
+            models.PointStruct(
+                id=point_id("robots.md", i),
+                vector={
+                    DENSE_VECTOR: [float(i + 1)] * 8,
+                    SPARSE_VECTOR: models.SparseVector(**encode_document(text).as_dict()),
+                },
+                payload={"source": "robots.md", "chunk_index": i, "content": text, "content_hash": str(i)},
+            )
+            for i, text in enumerate(texts)
+        ],
+    )
+    old.close()
+    store = build_edge_store(settings)
+    try:
+        assert await store.count() == 2
+        hits = await store.query(dense=None, sparse=encode_query("laser distance"), limit=1)
+        assert hits[0].content == texts[1]
+        assert await store.chunk_hashes("robots.md") == {0: "0", 1: "1"}
+    finally:
+        await store.close()
+    reopened = QdrantClient(path=str(settings.qdrant_path))
+    try:
+        assert not reopened.collection_exists(settings.qdrant_collection)
+    finally:
+        reopened.close()
+    again = build_edge_store(settings)  # no second copy
+    try:
+        assert await again.count() == 2
+    finally:
+        await again.close()
 
 
 async def test_cli_ingest_waits_and_reports(tmp_path: Path) -> None:

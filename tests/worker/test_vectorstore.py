@@ -1,5 +1,6 @@
-"""The vector store adapter: the async (server-mode) code path, the embedded-mode Redis RPC, and local mode's
-answers on the real textbook (ids, order and scores equal to the Query API's own, dense, BM25 and RRF).
+"""The vector store adapters: the async (server-mode) code path, the embedded-mode Redis RPC, and the
+embedded Qdrant Edge store's answers on the real textbook (ids, order and scores equal to qdrant-client's
+Query API over the same points: dense, BM25 with IDF, and RRF).
 """
 
 from __future__ import annotations
@@ -8,14 +9,15 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
 from shared.platform.clients import Services, create_redis
 from shared.platform.config import Settings
@@ -26,12 +28,14 @@ from shared.stores.vectorstore import (
     RPC_REQUESTS_KEY,
     RPC_SERVER_KEY,
     ChunkPoint,
+    EdgeVectorStore,
     QdrantVectorStore,
     RemoteVectorStore,
     ScoredChunk,
     VectorStoreRpcServer,
     point_id,
 )
+from shared.stores.vectorstore.edge import build_edge_store
 from shared.stores.vectorstore.qdrant import CANDIDATES_PER_LEG
 from shared.stores.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
@@ -70,7 +74,7 @@ def _points(source: str, texts: list[str], dims: int = DIMS) -> list[ChunkPoint]
     ]
 
 
-async def _exercise(store: QdrantVectorStore | RemoteVectorStore) -> None:
+async def _exercise(store: QdrantVectorStore | EdgeVectorStore | RemoteVectorStore) -> None:
     await store.ensure_collection()
     for source, texts in TEXTS.items():
         assert await store.replace_source(source, _points(source, texts)) == len(texts)
@@ -112,10 +116,10 @@ async def test_async_client_code_path() -> None:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def rpc(tmp_path: Path) -> AsyncIterator[tuple[RemoteVectorStore, VectorStoreRpcServer, Settings]]:
-    """A local-mode store served over a scratch Redis db, and a client of it."""
+    """An embedded (Edge) store served over a scratch Redis db, and a client of it."""
     settings = ingest_settings(openai_api_key=ONLINE_KEY, embedding_dimensions=DIMS)
     redis = await create_redis(settings)
-    local = QdrantVectorStore(settings, local_client=QdrantClient(path=str(tmp_path / "q")))
+    local = EdgeVectorStore(settings, path=tmp_path / "q")
     server = VectorStoreRpcServer(local, redis=redis)
     await server.start()
     try:
@@ -139,7 +143,7 @@ async def test_rpc_errors_and_stale_requests(rpc: tuple[RemoteVectorStore, Vecto
     """Caller errors come back as ValueError; requests past their deadline are dropped; no server -> fast error."""
     remote, server, settings = rpc
     await remote.ensure_collection()
-    with pytest.raises(ValueError, match="not a valid UUID"):
+    with pytest.raises(ValueError, match="UUID"):
         await remote.upsert([ChunkPoint(id="not-a-uuid-or-int", payload={}, sparse=encode_query("wrong id"))])
     reply_key = RPC_REPLY_PREFIX + "stale"
     stale = {"id": "stale", "method": "count", "args": {}, "reply": reply_key, "deadline": time.time() - 1}
@@ -158,9 +162,9 @@ async def test_rpc_errors_and_stale_requests(rpc: tuple[RemoteVectorStore, Vecto
 
 
 class _CountingStore:
-    """The local store, recording the size of each `query_many` batch."""
+    """The embedded store, recording the size of each `query_many` batch."""
 
-    def __init__(self, store: QdrantVectorStore) -> None:
+    def __init__(self, store: EdgeVectorStore) -> None:
         self.store = store
         self.batches: list[int] = []
 
@@ -179,7 +183,7 @@ async def test_rpc_answers_a_burst_as_one_batch(
     local store gives each of them; a malformed query in the batch fails alone."""
     remote, server, _ = rpc
     local = server.store
-    assert isinstance(local, QdrantVectorStore)
+    assert isinstance(local, EdgeVectorStore)
     await remote.ensure_collection()
     for source, texts in TEXTS.items():
         await remote.replace_source(source, _points(source, texts))
@@ -187,7 +191,7 @@ async def test_rpc_answers_a_burst_as_one_batch(
     counting = _CountingStore(local)
     server.store = counting  # type: ignore[assignment]
     try:
-        bad = remote.query(dense=[float("nan")] * DIMS, sparse=encode_query("robots"), limit=2)
+        bad = remote.query(dense=[0.1] * (DIMS + 1), sparse=encode_query("robots"), limit=2)
         results = await asyncio.gather(
             bad,
             *(remote.query(dense=fake_embedding(q, DIMS), sparse=encode_query(q), limit=2) for q in questions),
@@ -215,7 +219,7 @@ async def test_rpc_carries_the_embedding_exactly() -> None:
     assert _decode_args(json.loads(json.dumps(_encode_args("query", {"dense": None}))))["dense"] is None
 
 
-# -- local mode on the real textbook ----------------------------------------------------------------
+# -- the embedded store on the real textbook -------------------------------------------------------
 
 QUESTIONS = [
     "How do ROS 2 nodes communicate using topics?",
@@ -236,45 +240,63 @@ QUESTIONS = [
 ]
 
 Hits = list[tuple[str, float]]
+#: Relative (BM25 scores reach ~20) and absolute tolerance between the two engines' float32 scores.
 TOL = 1e-6
-T = TypeVar("T")
 
 
 @dataclass
 class Book:
-    """The indexed textbook: the worker-role services, their local-mode store and its settings."""
+    """The indexed textbook: the worker-role services, their embedded store, its settings, and the same
+    points in qdrant-client's in-memory Qdrant (the reference answers)."""
 
     settings: Settings
     services: Services
-    store: QdrantVectorStore
+    store: EdgeVectorStore
     sources: list[str]
+    reference: QdrantClient
 
 
 @pytest.fixture(scope="module")
 async def book(fake_openai: Any) -> AsyncIterator[Book]:
-    """The textbook ingested in-process into a local-mode store (the worker's kind), embedded by the fake server."""
+    """The textbook ingested in-process into the embedded store (the worker's kind), embedded by the fake
+    server, and copied point for point into qdrant-client's in-memory Qdrant."""
     fake_openai.reset()
     settings = chat_settings(openai_base_url=fake_openai.url)
     services, chunks = await indexed_store(settings)
     assert chunks > 100
     store = services.vectorstore
-    assert isinstance(store, QdrantVectorStore)
-    assert store.mode == "local"
-
-    def sources(local: QdrantClient) -> list[str]:
-        points, _ = local.scroll(collection_name=store.collection, limit=10_000, with_payload=["source"])
-        return sorted({str((p.payload or {})["source"]) for p in points})
-
-    yield Book(settings=settings, services=services, store=store, sources=await _on_store_thread(store, sources))
+    assert isinstance(store, EdgeVectorStore)
+    points = await store.export()
+    assert len(points) == chunks
+    reference = QdrantClient(location=":memory:")
+    _copy_into(reference, store.collection, points, dims=settings.embedding_dimensions)
+    sources = sorted({str(p.payload["source"]) for p in points})
+    yield Book(settings=settings, services=services, store=store, sources=sources, reference=reference)
+    reference.close()
     await services.aclose()
 
 
-async def _on_store_thread(store: QdrantVectorStore, fn: Callable[[QdrantClient], T]) -> T:
-    """Run `fn(local_client)` on the store's own thread (local mode is not thread-safe)."""
-    local = store.local_client
-    assert local is not None
-    result: T = await store._run_local(lambda: fn(local))
-    return result
+def _copy_into(client: QdrantClient, collection: str, points: list[ChunkPoint], *, dims: int) -> None:
+    client.create_collection(
+        collection_name=collection,
+        vectors_config={DENSE_VECTOR: models.VectorParams(size=dims, distance=models.Distance.COSINE)},
+        sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+    )
+    structs = []
+    for point in points:
+        named: dict[str, Any] = {SPARSE_VECTOR: models.SparseVector(**point.sparse.as_dict())}
+        if point.dense is not None:
+            named[DENSE_VECTOR] = point.dense
+        structs.append(models.PointStruct(id=point.id, vector=named, payload=point.payload))
+    client.upsert(collection_name=collection, points=structs)
+
+
+async def _resync_reference(book: Book) -> None:
+    """After writes to the store, the reference holds the same points again."""
+    book.reference.delete_collection(book.store.collection)
+    _copy_into(
+        book.reference, book.store.collection, await book.store.export(), dims=book.settings.embedding_dimensions
+    )
 
 
 def _filter(sources: list[str] | None) -> models.Filter | None:
@@ -293,8 +315,7 @@ def _reference(
     sources: list[str] | None,
     dense_threshold: float | None,
 ) -> dict[str, Hits]:
-    """Qdrant's own answers, one `query_points` call each: the raw dense and BM25 candidate lists, and the
-    hybrid query (prefetch of both + `FusionQuery(RRF)`)."""
+    """Qdrant's own answers, one `query_points` call each: the raw dense and BM25 candidate lists."""
     flt = _filter(sources)
     candidates = max(limit, CANDIDATES_PER_LEG)
     legs: dict[str, models.Prefetch] = {}
@@ -316,14 +337,6 @@ def _reference(
             with_payload=False,
         ).points
         out[name] = [(str(p.id), p.score) for p in points]
-    if len(legs) == 2:
-        fused = local.query_points(
-            collection_name=collection,
-            prefetch=list(legs.values()),
-            query=models.FusionQuery(fusion=models.Fusion.RRF),
-            limit=limit,
-        ).points
-        out["fused"] = [(str(p.id), p.score) for p in fused]
     return out
 
 
@@ -332,19 +345,26 @@ def _hits(hits: list[ScoredChunk]) -> Hits:
 
 
 def _assert_same(actual: Hits, expected: Hits, what: str) -> None:
-    """The same hits with the same scores in the same order, up to TOL: local mode normalises the stored
-    cosine vectors again (in place, float32) on every dense query, so a dense score may move by ~1e-8
-    between two calls, and two dense scores closer than that may swap."""
-    assert {i for i, _ in actual} == {i for i, _ in expected}, what
+    """The same scores in the same order, up to TOL (the two engines add float32 products in different
+    orders, so a score may differ in its 7th digit), and the same hits except for hits swapped with one of
+    equal score: RRF gives equal ranks equal scores, and such ties are broken either way (also at a
+    list's cut, and from one call to the next in Qdrant Edge)."""
     assert len(actual) == len(expected), what
-    for (i, a), (j, e) in zip(actual, expected, strict=True):
-        assert abs(a - e) <= TOL, (what, a, e)
-        if i != j:
-            assert abs(a - e) <= TOL, (what, "order differs beyond a near-tie", i, j)
+    for (_, a), (_, e) in zip(actual, expected, strict=True):
+        assert a == pytest.approx(e, rel=TOL, abs=TOL), (what, a, e)
+    only_actual = sorted(s for i, s in actual if i not in {j for j, _ in expected})
+    only_expected = sorted(s for i, s in expected if i not in {j for j, _ in actual})
+    assert len(only_actual) == len(only_expected), what
+    for a, e in zip(only_actual, only_expected, strict=True):
+        assert a == pytest.approx(e, rel=TOL, abs=TOL), (what, "a different hit that ties with none", a, e)
+
+
+def _scored(hits: list[ScoredChunk]) -> list[models.ScoredPoint]:
+    return [models.ScoredPoint(id=h.id, version=0, score=h.score) for h in hits]
 
 
 def _approx(value: float | None) -> Any:
-    return None if value is None else pytest.approx(value, abs=TOL)
+    return None if value is None else pytest.approx(value, rel=TOL, abs=TOL)
 
 
 def _assert_same_chunks(actual: list[ScoredChunk], expected: list[ScoredChunk], what: str) -> None:
@@ -367,17 +387,14 @@ async def _compare(
     dense = fake_embedding(question, book.settings.embedding_dimensions)
     sparse = encode_query(question)
     q_sparse = models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)) if sparse else None
-    reference = await _on_store_thread(
-        store,
-        lambda local: _reference(
-            local,
-            store.collection,
-            dense=dense,
-            sparse=q_sparse,
-            limit=limit,
-            sources=sources,
-            dense_threshold=dense_threshold,
-        ),
+    reference = _reference(
+        book.reference,
+        store.collection,
+        dense=dense,
+        sparse=q_sparse,
+        limit=limit,
+        sources=sources,
+        dense_threshold=dense_threshold,
     )
     what = f"{question!r} sources={sources} threshold={dense_threshold}"
     kwargs: dict[str, Any] = {"limit": limit, "sources": sources, "dense_score_threshold": dense_threshold}
@@ -388,9 +405,17 @@ async def _compare(
         assert await store.query(dense=None, sparse=sparse, **kwargs) == []
         return len(await store.query(dense=dense, sparse=sparse, **kwargs))
 
+    # Each leg at the depth a hybrid query fuses (ties at its cut broken either way), then the fusion:
+    # Qdrant's RRF (qdrant-client's own function) over exactly those legs.
+    depth = {**kwargs, "limit": max(limit, CANDIDATES_PER_LEG)}
+    dense_leg = await store.query(dense=dense, sparse=None, **depth)
+    sparse_leg = await store.query(dense=None, sparse=sparse, **depth)
+    _assert_same(_hits(dense_leg), reference["dense"], what + " dense leg")
+    _assert_same(_hits(sparse_leg), reference["sparse"], what + " BM25 leg")
+    fused = reciprocal_rank_fusion([_scored(dense_leg), _scored(sparse_leg)], limit=limit)
     hybrid = await store.query(dense=dense, sparse=sparse, **kwargs)
-    _assert_same(_hits(hybrid), reference["fused"], what + " hybrid")
-    dense_raw, sparse_raw = dict(reference["dense"]), dict(reference["sparse"])
+    _assert_same(_hits(hybrid), [(str(p.id), p.score) for p in fused], what + " hybrid")
+    dense_raw, sparse_raw = dict(_hits(dense_leg)), dict(_hits(sparse_leg))
     for hit in hybrid:
         assert hit.id in dense_raw or hit.id in sparse_raw
         assert hit.dense_score == _approx(dense_raw.get(hit.id)), what
@@ -427,7 +452,7 @@ async def test_book_query_many_matches_query(book: Book) -> None:
     requests: list[dict[str, Any]] = [
         {"dense": fake_embedding(q, dims), "sparse": encode_query(q), "limit": 8} for q in QUESTIONS[:6]
     ]
-    requests.insert(2, {"dense": [float("nan")] * dims, "sparse": encode_query("robot"), "limit": 3})
+    requests.insert(2, {"dense": [0.1] * (dims + 1), "sparse": encode_query("robot"), "limit": 3})
     requests.append({"dense": None, "sparse": encode_query("the of and"), "limit": 3})
     answers = await book.store.query_many(requests)
     assert isinstance(answers[2], ValueError)
@@ -444,24 +469,28 @@ async def test_book_queries_follow_writes(book: Book) -> None:
     await store.replace_source(source, _points(source, texts, dims))
     hits = await store.query(dense=None, sparse=encode_query("zebra gripper"), limit=3)
     assert hits[0].source == source
+    await _resync_reference(book)
     await _compare(book, "zebra gripper torque", sources=None)
 
     changed = ["A zebra gripper with new torque sensors and a camera.", "Zebra robots walk and run."]
     await store.replace_source(source, _points(source, changed, dims))
     assert await store.count(source) == 2
+    await _resync_reference(book)
     await _compare(book, "zebra gripper camera", sources=None)
     await _compare(book, "zebra", sources=[source, book.sources[0]])
 
     assert await store.delete_source(source) == 2
     assert await store.query(dense=None, sparse=encode_query("zebra"), limit=5) == []
     await store.upsert(_points(source, ["Zebra again.", "Zebra twice.", "Zebra thrice.", "Four."], dims))
+    await _resync_reference(book)
     await _compare(book, "zebra again", sources=None)
     assert await store.delete_source(source) == 4
+    await _resync_reference(book)
     await _compare(book, "robot", sources=None)
 
 
 async def test_book_reopened_answers_the_same(book: Book) -> None:
-    """After a restart (local mode reloads its rows from disk) the store gives the same answers."""
+    """After a restart (the shard reloads from disk and its write-ahead log) the store gives the same answers."""
     dims = book.settings.embedding_dimensions
     requests: list[dict[str, Any]] = [
         {"dense": fake_embedding(q, dims), "sparse": encode_query(q), "limit": 10} for q in QUESTIONS[:6]
@@ -469,7 +498,7 @@ async def test_book_reopened_answers_the_same(book: Book) -> None:
     before = [await book.store.query(**request) for request in requests]
     await book.store.close()
     await asyncio.sleep(0)
-    reopened = QdrantVectorStore(book.settings, local_client=QdrantClient(path=str(book.settings.qdrant_path)))
+    reopened = build_edge_store(book.settings)
     book.services.vectorstore = reopened
     book.store = reopened
     for request, answer in zip(requests, before, strict=True):

@@ -2,17 +2,17 @@
 
 Two ways to reach the store, behind one `VectorStore` protocol (`protocol.py`):
 
-- `QdrantVectorStore` (`qdrant.py`): talks to Qdrant itself. With `QDRANT_URL` every process uses an
-  `AsyncQdrantClient`. In embedded mode (no `QDRANT_URL`) only the arq worker opens the local-mode store
-  (`QdrantClient(path=DATA_DIR/qdrant)`, which allows one process per folder); its blocking calls run on
-  one dedicated thread so the event loop never blocks. Both kinds answer through the same public calls
-  (a search is one `query_batch_points` Query API request).
-- `RemoteVectorStore` (`remote.py`): what the API processes use in embedded mode, an RPC over Redis to
-  the worker's `VectorStoreRpcServer`.
+- `QdrantVectorStore` (`qdrant.py`): with `QDRANT_URL` every process talks to the Qdrant server through
+  an `AsyncQdrantClient`.
+- `EdgeVectorStore` (`edge.py`): in embedded mode (no `QDRANT_URL`) the worker of the `store` role opens
+  a Qdrant Edge shard in `DATA_DIR/qdrant` (Qdrant's engine in-process; one process per folder), its
+  calls on one dedicated thread so the event loop never blocks.
+- `RemoteVectorStore` (`remote.py`): what every other process uses in embedded mode, an RPC over Redis to
+  the store owner's `VectorStoreRpcServer`.
 
-`qdrant_client` (~56 MB and ~0.8 s per process) is imported only where a Qdrant store is built: API
-processes in embedded mode never load it. `QdrantVectorStore` stays importable from here (loaded on
-first access).
+`qdrant_client` and `qdrant_edge` are imported only where such a store is built: API processes in
+embedded mode load neither. `QdrantVectorStore` and `EdgeVectorStore` stay importable from here (loaded
+on first access).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from shared.stores.vectorstore.remote import (
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
 
+    from shared.stores.vectorstore.edge import EdgeVectorStore
     from shared.stores.vectorstore.qdrant import QdrantVectorStore
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "RPC_SERVER_TTL_S",
     "ChunkPoint",
     "CollectionMismatch",
+    "EdgeVectorStore",
     "QdrantVectorStore",
     "RemoteVectorStore",
     "ScoredChunk",
@@ -62,11 +64,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`QdrantVectorStore` on first access, so importing this package does not load qdrant_client."""
+    """The Qdrant stores on first access, so importing this package loads neither engine's client."""
     if name == "QdrantVectorStore":
         from shared.stores.vectorstore.qdrant import QdrantVectorStore
 
         return QdrantVectorStore
+    if name == "EdgeVectorStore":
+        from shared.stores.vectorstore.edge import EdgeVectorStore
+
+        return EdgeVectorStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -74,12 +80,16 @@ def create_vector_store(
     settings: Settings, *, role: str, redis: ArqRedis, resilience: Resilience | None = None
 ) -> VectorStore:
     """The process's store: a server client everywhere with QDRANT_URL; in embedded mode the worker of the
-    container with the `store` role (every role, in one container) owns the local folder and every other
-    process reaches it over the Redis RPC (no qdrant_client import)."""
+    container with the `store` role (every role, in one container) owns the Edge shard and every other
+    process reaches it over the Redis RPC (no Qdrant import)."""
     from shared.platform.constants import ROLE_WORKER
 
-    if not settings.embedded_qdrant or (role == ROLE_WORKER and settings.owns_embedded_store):
+    if not settings.embedded_qdrant:
         from shared.stores.vectorstore.qdrant import build_qdrant_store
 
         return build_qdrant_store(settings, resilience=resilience)
+    if role == ROLE_WORKER and settings.owns_embedded_store:
+        from shared.stores.vectorstore.edge import build_edge_store
+
+        return build_edge_store(settings, resilience=resilience)
     return RemoteVectorStore(settings, redis=redis, resilience=resilience)

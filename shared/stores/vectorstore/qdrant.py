@@ -1,20 +1,16 @@
-"""`QdrantVectorStore`: the store over a real Qdrant, a server (async client) or the local-mode folder.
+"""`QdrantVectorStore`: the store over a Qdrant server (`QDRANT_URL`, e.g. Qdrant Cloud), async client.
 
-The only module that imports `qdrant_client` (it is loaded when a Qdrant store is built, never by the API
-processes in embedded mode). Both kinds answer through the same public calls (`upsert`, `delete`,
-`query_batch_points` with the Query API, ...); in local mode (the arq worker in embedded mode) every call
-runs on one dedicated thread.
+The module that imports `qdrant_client` (loaded when a server store is built; embedded mode uses Qdrant
+Edge, `edge.py`). A search is one `query_batch_points` Query API request.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
 from shared.platform.config import Settings
@@ -31,8 +27,7 @@ log = get_logger(__name__)
 
 UPSERT_BATCH = 256
 #: How deep each leg of a hybrid query reaches at least (at most `limit` is fused). Retrieval already asks
-#: for four times the passages it keeps; deeper legs cost local mode a payload copy per hit (~5 ms of the
-#: worker's ~15 ms per query on the book at 80 a leg) and moved no answer of the quality set.
+#: for four times the passages it keeps; deeper legs moved no answer of the quality set.
 CANDIDATES_PER_LEG = 20
 
 
@@ -48,37 +43,17 @@ def _to_qdrant_sparse(vector: Any) -> models.SparseVector:
 
 
 class QdrantVectorStore:
-    """The store over a real Qdrant: a server (async client) or the local-mode folder (one thread)."""
+    """The store over a Qdrant server (async client)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        resilience: Resilience | None = None,
-        client: AsyncQdrantClient | None = None,
-        local_client: QdrantClient | None = None,
-    ) -> None:
-        if (client is None) == (local_client is None):
-            raise ValueError("pass exactly one of client (server) or local_client (embedded)")
+    mode = "server"
+
+    def __init__(self, settings: Settings, *, client: AsyncQdrantClient, resilience: Resilience | None = None) -> None:
         self.settings = settings
         self.collection = settings.qdrant_collection
         self.dimensions = settings.dense_dimensions
         self.resilience = resilience
         self._client = client
-        self._local = local_client
-        # Local mode is not thread-safe and does blocking work: one thread serialises every call.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-local") if local_client else None
         self._ensured = False
-
-    @property
-    def mode(self) -> str:
-        """ "local" or "server"."""
-        return "local" if self._local is not None else "server"
-
-    @property
-    def local_client(self) -> QdrantClient | None:
-        """The local-mode client (None on a server); call it only through this store's thread."""
-        return self._local
 
     async def _guarded(self, run: Callable[[], Awaitable[Any]]) -> Any:
         if self.resilience is None:
@@ -86,18 +61,10 @@ class QdrantVectorStore:
         return await self.resilience.call(Upstream.QDRANT, run)
 
     async def _call(self, name: str, **kwargs: Any) -> Any:
-        if self._local is not None:
-            return await self._call_local(partial(getattr(self._local, name), **kwargs))
-
         async def run() -> Any:
-            assert self._client is not None
             return await getattr(self._client, name)(**kwargs)
 
         return await self._guarded(run)
-
-    async def _call_local(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the store thread, behind the qdrant breaker."""
-        return await self._guarded(lambda: self._run_local(fn))
 
     async def ensure_collection(self) -> None:
         """Create the collection and payload indexes if missing; check dimensions if present."""
@@ -119,7 +86,7 @@ class QdrantVectorStore:
                     f"Qdrant collection '{self.collection}' holds {dense.size}-dimensional vectors but "
                     f"EMBEDDING_DIMENSIONS={self.dimensions}. Either set EMBEDDING_DIMENSIONS={dense.size} (and the "
                     "matching OPENAI_EMBEDDING_MODEL), or reindex: set QDRANT_COLLECTION to a new name (or delete "
-                    "the collection; in embedded mode delete DATA_DIR/qdrant) and re-ingest with "
+                    "the collection) and re-ingest with "
                     "POST /ingest or python -m worker ingest PATH."
                 )
         else:
@@ -132,20 +99,15 @@ class QdrantVectorStore:
                 sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             )
             log.info("vectorstore.collection_created", collection=self.collection, dimensions=self.dimensions)
-        if self._local is None:
-            # Filters by source (replace/delete/count) need an index on a server; local mode has none.
-            for name, schema in (
-                ("source", models.PayloadSchemaType.KEYWORD),
-                ("chunk_index", models.PayloadSchemaType.INTEGER),
-            ):
-                await self._call(
-                    "create_payload_index", collection_name=self.collection, field_name=name, field_schema=schema
-                )
+        # Filters by source (replace/delete/count) need an index on a server.
+        for name, schema in (
+            ("source", models.PayloadSchemaType.KEYWORD),
+            ("chunk_index", models.PayloadSchemaType.INTEGER),
+        ):
+            await self._call(
+                "create_payload_index", collection_name=self.collection, field_name=name, field_schema=schema
+            )
         self._ensured = True
-
-    async def _run_local(self, fn: Callable[[], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn)
 
     def _point(self, point: ChunkPoint) -> models.PointStruct:
         vector: dict[str, Any] = {SPARSE_VECTOR: _to_qdrant_sparse(point.sparse)}
@@ -237,51 +199,6 @@ class QdrantVectorStore:
         responses = await self._call("query_batch_points", collection_name=self.collection, requests=search.requests())
         return search.hits(responses)
 
-    async def query_many(self, requests: Sequence[dict[str, Any]]) -> list[list[ScoredChunk] | Exception]:
-        """Several `query` calls (keyword arguments each), answered in order; a failing one is returned as
-        its exception. In local mode all of them run in one trip to the store thread (the same
-        `query_batch_points` request each, one after another): the embedded RPC server hands a burst of
-        readers' questions over at once. On a server, concurrent calls."""
-        if self._local is None:
-            gathered = await asyncio.gather(*(self.query(**request) for request in requests), return_exceptions=True)
-            answers: list[list[ScoredChunk] | Exception] = []
-            for outcome in gathered:
-                if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                    raise outcome  # cancellation
-                answers.append(outcome)
-            return answers
-        await self.ensure_collection()
-        prepared: list[_Search | Exception | None] = []
-        for request in requests:
-            try:
-                prepared.append(_Search.build(**request))
-            except Exception as exc:
-                prepared.append(exc)
-        searches = [p for p in prepared if isinstance(p, _Search)]
-        local = self._local
-        assert local is not None
-
-        def run_all() -> list[Any]:
-            outcomes: list[Any] = []
-            for search in searches:
-                try:
-                    outcomes.append(
-                        local.query_batch_points(collection_name=self.collection, requests=search.requests())
-                    )
-                except Exception as exc:  # this reader's error only (e.g. a NaN in its vector)
-                    outcomes.append(exc)
-            return outcomes
-
-        outcomes = iter(await self._call_local(run_all) if searches else [])
-        results: list[list[ScoredChunk] | Exception] = []
-        for item in prepared:
-            if item is None or isinstance(item, Exception):
-                results.append(item if item is not None else [])
-                continue
-            outcome = next(outcomes)
-            results.append(outcome if isinstance(outcome, Exception) else item.hits(outcome))
-        return results
-
     async def count(self, source: str | None = None) -> int:
         """Exact point count."""
         await self.ensure_collection()
@@ -302,14 +219,8 @@ class QdrantVectorStore:
         return {"status": "up", "mode": self.mode, "points": points}
 
     async def close(self) -> None:
-        """Close the client (and the local-mode thread)."""
-        if self._client is not None:
-            await self._client.close()
-        if self._local is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._local.close)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        """Close the client."""
+        await self._client.close()
 
 
 def _scores(points: Sequence[Any]) -> dict[str, float]:
@@ -414,8 +325,7 @@ class _Search:
         if self.hybrid:
             dense_scores, sparse_scores = _scores(lists[0]), _scores(lists[1])
             # The fusion the Query API's `FusionQuery(RRF)` applies, by qdrant-client's own function, over
-            # the two lists already fetched: asking Qdrant to fuse would score both legs a second time
-            # (in local mode, a Python scan of every point per leg).
+            # the two lists already fetched: asking Qdrant to fuse would score both legs a second time.
             final = reciprocal_rank_fusion([lists[0], lists[1]], limit=self.limit)
         else:
             dense_scores = _scores(final) if self.dense is not None else {}
@@ -436,16 +346,12 @@ class _Search:
 
 
 def build_qdrant_store(settings: Settings, *, resilience: Resilience | None = None) -> QdrantVectorStore:
-    """A server client with QDRANT_URL, else the local-mode folder (only the worker may open it)."""
-    if not settings.embedded_qdrant:
-        client = AsyncQdrantClient(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            timeout=10,
-            # The version probe is a request per process start (and a warning when Qdrant is down);
-            # nothing here connects eagerly.
-            check_compatibility=False,
-        )
-        return QdrantVectorStore(settings, resilience=resilience, client=client)
-    settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-    return QdrantVectorStore(settings, resilience=resilience, local_client=QdrantClient(path=str(settings.qdrant_path)))
+    """The client of the Qdrant server at QDRANT_URL (nothing connects until the first call)."""
+    client = AsyncQdrantClient(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        timeout=10,
+        # The version probe is a request per process start (and a warning when Qdrant is down).
+        check_compatibility=False,
+    )
+    return QdrantVectorStore(settings, resilience=resilience, client=client)

@@ -1,4 +1,4 @@
-"""Embedded mode: the arq worker serves its local-mode store to the API processes over Redis.
+"""Embedded mode: the store owner (the `store` role's worker) serves its Qdrant Edge shard to the other processes over Redis.
 
 `RemoteVectorStore` is what the API processes use: each call is a small RPC, the request goes onto a
 list that the worker's `VectorStoreRpcServer` pops (BLPOP), and the answer comes back on a per-request
