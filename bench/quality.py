@@ -507,7 +507,8 @@ def ingest_book(stack: Stack) -> int:
                 raise RuntimeError(f"ingestion failed: {job}")
             return job if job["status"] == "succeeded" else None
 
-        job = wait_for(finished, timeout=300, interval=0.5, message="ingestion job")
+        # Offline the e5 embedding of ~500 chunks takes 3-6 min on 2 cores, longer when they are shared.
+        job = wait_for(finished, timeout=900, interval=0.5, message="ingestion job")
     print(f"ingested {len(documents)} documents, {job['chunks_upserted']} chunks")
     return int(job["chunks_upserted"])
 

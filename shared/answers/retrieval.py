@@ -72,8 +72,9 @@ QUESTION_FRAME_TERMS = frozenset(
 #: embedded store; a server takes many more.
 SERVER_STORE_CONCURRENCY = 64
 #: Offline, a passage whose e5 cosine with the question reaches this is relevant (e5's scores sit in a
-#: narrow band: on the book's set, in-book best scores 0.81-0.94, off-topic 0.75-0.84; docs/notes/quality.md).
-OFFLINE_MIN_DENSE_SCORE = 0.83
+#: narrow band: on the book's set, with the heading path in the chunk vectors (`local_dense.CONTEXT_WEIGHT`),
+#: in-book best scores 0.82-0.94, off-topic 0.76-0.85; docs/notes/quality.md).
+OFFLINE_MIN_DENSE_SCORE = 0.85
 _GATE = "retrieval.store_gate"
 
 

@@ -56,6 +56,13 @@ class DenseEmbedder(Protocol):
         """Embed passages, order kept."""
         ...
 
+    async def embed_chunks(
+        self, texts: Sequence[str], *, contexts: Sequence[str], policy: RetryPolicy | None = None
+    ) -> list[list[float]]:
+        """Embed chunks, order kept: `texts[i]` is a chunk's `embed_text` (its context, then its content)
+        and `contexts[i]` that context alone, which an embedder may weigh in on its own."""
+        ...
+
     async def embed_query(self, text: str) -> list[float]:
         """Embed one question."""
         ...
@@ -164,6 +171,13 @@ class Embedder:
             # Callers handle plain domain errors; an outage wins over a per-batch refusal.
             raise next((e for e in errors if isinstance(e, UpstreamUnavailable)), errors[0])
         return results
+
+    async def embed_chunks(
+        self, texts: Sequence[str], *, contexts: Sequence[str], policy: RetryPolicy | None = None
+    ) -> list[list[float]]:
+        """Embed chunks as `embed_texts` does: `texts` already start with their context, and a second
+        embedding per chunk would double the API's cost for an unmeasured gain."""
+        return await self.embed_texts(texts, policy=policy)
 
     async def embed_query(self, text: str) -> list[float]:
         """Embed one question with the interactive (short) retry policy."""

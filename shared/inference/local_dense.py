@@ -2,7 +2,8 @@
 
 Offline (no `OPENAI_API_KEY`) the worker embeds chunks and the API embeds questions with it, so offline
 search is hybrid (dense + BM25) like the online one. e5 is asymmetric: chunks are embedded as passages,
-questions as queries (the engine adds e5's `passage: ` / `query: ` prefixes itself).
+questions as queries (the engine adds e5's `passage: ` / `query: ` prefixes itself). A chunk's vector
+also carries its `title > heading path` line embedded on its own (`embed_chunks`, `CONTEXT_WEIGHT`).
 
 The weights (72 MB) are memory-mapped from the installed package, so nothing is fetched at run time and
 the processes of one machine share the pages. The engine is C behind ctypes, which releases the GIL, so
@@ -27,6 +28,12 @@ __all__ = ["LocalDenseEmbedder"]
 
 #: Question vectors kept per process: readers of one book ask the same questions (384 floats each).
 CACHED_QUERIES = 1024
+#: A chunk's stored vector is normalize(e5(embed_text) + CONTEXT_WEIGHT * e5(context)), its context (the
+#: `title > heading path` line) embedded on its own as well. Inside the chunk that line is a few words
+#: among ~200, so e5 barely sees it, yet a section's heading is often the best statement of its subject.
+#: A dot product is linear, so this is the same as scoring the question against both vectors, with one
+#: vector per chunk. Measured on the book's question set (docs/notes/quality.md).
+CONTEXT_WEIGHT = 0.5
 
 
 class LocalDenseEmbedder:
@@ -43,8 +50,9 @@ class LocalDenseEmbedder:
 
     @property
     def signature(self) -> str:
-        """Model and dimensions: a change means stored vectors must be recomputed."""
-        return f"{self.model}:{self.dimensions}"
+        """Model, dimensions and how chunks are combined with their context: a change means stored vectors
+        must be recomputed."""
+        return f"{self.model}:{self.dimensions}:context={CONTEXT_WEIGHT}"
 
     def _embed(self, texts: Sequence[str], *, query: bool) -> np.ndarray:
         with self._lock:
@@ -62,6 +70,23 @@ class LocalDenseEmbedder:
             return []
         vectors = await asyncio.to_thread(self._embed, list(texts), query=False)
         return [row.tolist() for row in vectors]
+
+    async def embed_chunks(
+        self, texts: Sequence[str], *, contexts: Sequence[str], policy: Any = None
+    ) -> list[list[float]]:
+        """Embed chunks (order kept) as normalize(e5(text) + CONTEXT_WEIGHT * e5(context)); each distinct
+        context is embedded once (a section's chunks share it, and it is a short input)."""
+        if len(texts) != len(contexts):
+            raise ValueError(f"{len(texts)} chunks but {len(contexts)} contexts")
+        if not texts:
+            return []
+        unique = list(dict.fromkeys(contexts))
+        vectors = await asyncio.to_thread(self._embed, [*texts, *unique], query=False)
+        chunks, by_context = vectors[: len(texts)], vectors[len(texts) :]
+        row = {context: i for i, context in enumerate(unique)}
+        combined = chunks + CONTEXT_WEIGHT * by_context[[row[c] for c in contexts]]
+        combined /= np.linalg.norm(combined, axis=1, keepdims=True)
+        return [vector.tolist() for vector in combined]
 
     async def embed_query(self, text: str) -> list[float]:
         """Embed one question (recent questions' vectors are kept, LRU)."""

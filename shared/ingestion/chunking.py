@@ -80,10 +80,14 @@ class Chunk:
             self.content_hash = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     @property
+    def context(self) -> str:
+        """Where the chunk sits: `title > heading > subheading`."""
+        return " > ".join([self.title, *[h for h in self.heading_path if h != self.title]])
+
+    @property
     def embed_text(self) -> str:
         """The text to embed and index: the title and heading path give the chunk its context."""
-        context = " > ".join([self.title, *[h for h in self.heading_path if h != self.title]])
-        return f"{context}\n\n{self.content}"
+        return f"{self.context}\n\n{self.content}"
 
     def payload(self) -> dict[str, Any]:
         """The vector store payload."""

@@ -225,7 +225,9 @@ class _JobRunner:
         """Embed one round of chunks (several full requests at once) and hand vectors to their documents."""
         assert self.embedder is not None
         try:
-            vectors = await self.embedder.embed_texts([chunk.embed_text for _, chunk in work])
+            vectors = await self.embedder.embed_chunks(
+                [chunk.embed_text for _, chunk in work], contexts=[chunk.context for _, chunk in work]
+            )
         except UpstreamUnavailable:
             raise
         except Exception as exc:
