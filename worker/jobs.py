@@ -45,7 +45,7 @@ from shared.platform.constants import INGEST_AUTO_LOCK_KEY, INGEST_LOCK_KEY, JOB
 from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
 from shared.platform.logging import bind_context, get_logger
 from shared.stores.db.models import Document, IngestJob
-from shared.stores.vectorstore import CollectionMismatch, EdgeVectorStore, QdrantVectorStore, VectorStoreRpcServer
+from shared.stores.vectorstore import CollectionMismatch, VectorStoreRpcServer
 
 log = get_logger(__name__)
 
@@ -248,14 +248,16 @@ async def on_worker_startup(ctx: dict[str, Any]) -> None:
     """Ingestion duties after `ctx["services"]` exists: store, RPC server, job reconciliation, auto-ingest."""
     services: Services = ctx["services"]
     store = services.vectorstore
-    if isinstance(store, EdgeVectorStore):
+    # Told apart by `mode`, not by class: naming a class would import its engine's client (~60 MB).
+    mode = getattr(store, "mode", None)
+    if store is not None and mode == "local":
         # The embedded shard opens here (a mismatch stops the worker with the reindexing advice) and is
         # served to every other process.
         await store.ensure_collection()
         server = VectorStoreRpcServer(store, redis=services.redis)
         await server.start()
         ctx["vector_rpc_server"] = server
-    elif isinstance(store, QdrantVectorStore):
+    elif store is not None and mode == "server":
         # A dimension mismatch stops the worker here with a message that says how to reindex. A Qdrant
         # server that is merely unreachable must not: jobs ensure the collection again (and retry).
         try:
