@@ -2,7 +2,7 @@
 
 Run from the repo root: `.venv/bin/python -m bench.search [--copies 1 10] [--questions 50] [--rounds 3]`
 
-Offline settings (no OPENAI_API_KEY): the dense vectors are the bundled local model's (256 dimensions),
+Offline settings (no OPENAI_API_KEY): the dense vectors are the bundled e5 model's (384 dimensions),
 the sparse ones BM25, as embedded mode indexes them. For each `--copies` N the textbook (`../shared/corpus`,
 or LECTERN_CORPUS_DIR) is ingested N times under distinct sources with the ingestion service in-process
 (`submit_ingest` then `run_ingest_job`, what the arq worker runs) into a fresh temp DATA_DIR (SQLite +
