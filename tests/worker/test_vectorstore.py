@@ -36,7 +36,7 @@ from shared.stores.vectorstore import (
     point_id,
 )
 from shared.stores.vectorstore.edge import build_edge_store
-from shared.stores.vectorstore.qdrant import CANDIDATES_PER_LEG
+from shared.stores.vectorstore.protocol import CANDIDATES_PER_LEG
 from shared.stores.vectorstore.remote import _decode_args, _encode_args
 from tests.fakes.openai_server import fake_embedding
 from tests.utils.chat_corpus import chat_settings, indexed_store

@@ -26,7 +26,7 @@ from shared.platform.logging import get_logger
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
 from shared.stores.sparse import SparseVector
-from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk
+from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, SearchPlan
 
 __all__ = ["RRF_K", "EdgeVectorStore", "build_edge_store"]
 
@@ -36,8 +36,6 @@ T = TypeVar("T")
 
 #: Points per write: one WAL record each.
 UPSERT_BATCH = 256
-#: How deep each leg of a hybrid query reaches at least (at most `limit` is fused), as on a server.
-CANDIDATES_PER_LEG = 20
 #: Qdrant's own reciprocal-rank constant (the server's and qdrant-client's default), so an embedded
 #: ranking equals a server's.
 RRF_K = 2
@@ -389,85 +387,52 @@ class _EdgeSearch:
     RRF fusion, which Qdrant computes from the same two prefetches. One leg only: that list.
     """
 
-    def __init__(
-        self,
-        *,
-        legs: list[edge.Prefetch],
-        limit: int,
-        filter: edge.Filter | None,
-        has_dense: bool,
-        has_sparse: bool,
-        score_threshold: float | None,
-    ) -> None:
-        self.legs = legs
-        self.limit = limit
-        self.filter = filter
-        self.has_dense = has_dense
-        self.has_sparse = has_sparse
-        self.hybrid = has_dense and has_sparse
-        self.score_threshold = score_threshold
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        dense: list[float] | None,
-        sparse: SparseVector | None,
-        limit: int = 5,
-        score_threshold: float | None = None,
-        dense_score_threshold: float | None = None,
-        sources: Sequence[str] | None = None,
-    ) -> _EdgeSearch | None:
-        """The search for `VectorStore.query`'s arguments; None when there is nothing to search with."""
-        has_sparse = sparse is not None and bool(sparse.indices)
-        if dense is None and not has_sparse:
-            return None
+    def __init__(self, plan: SearchPlan) -> None:
+        self.plan = plan
         query_filter = (
-            edge.Filter(must=[edge.FieldCondition(key="source", match=edge.MatchAny(any=list(sources)))])
-            if sources
+            edge.Filter(must=[edge.FieldCondition(key="source", match=edge.MatchAny(any=plan.sources))])
+            if plan.sources
             else None
         )
-        hybrid = dense is not None and has_sparse
-        depth = max(limit, CANDIDATES_PER_LEG) if hybrid else limit
-        legs: list[edge.Prefetch] = []
-        if dense is not None:
-            legs.append(
+        self.legs: list[edge.Prefetch] = []
+        if plan.dense is not None:
+            self.legs.append(
                 edge.Prefetch(
-                    query=edge.Query.Nearest(list(dense), using=DENSE_VECTOR),
-                    limit=depth,
+                    query=edge.Query.Nearest(list(plan.dense), using=DENSE_VECTOR),
+                    limit=plan.depth,
                     filter=query_filter,
-                    score_threshold=dense_score_threshold,
+                    score_threshold=plan.dense_score_threshold,
                 )
             )
-        if has_sparse:
-            assert sparse is not None
-            legs.append(
+        if plan.sparse is not None:
+            self.legs.append(
                 edge.Prefetch(
-                    query=edge.Query.Nearest(_sparse(sparse), using=SPARSE_VECTOR), limit=depth, filter=query_filter
+                    query=edge.Query.Nearest(_sparse(plan.sparse), using=SPARSE_VECTOR),
+                    limit=plan.depth,
+                    filter=query_filter,
                 )
             )
-        return cls(
-            legs=legs,
-            limit=limit,
-            filter=query_filter,
-            has_dense=dense is not None,
-            has_sparse=has_sparse,
-            score_threshold=score_threshold,
-        )
+
+    @classmethod
+    def build(cls, **query: Any) -> _EdgeSearch | None:
+        """The search for `VectorStore.query`'s arguments; None when there is nothing to search with."""
+        plan = SearchPlan.of(**query)
+        return cls(plan) if plan is not None else None
 
     def requests(self) -> list[edge.QueryRequest]:
         """Each leg on its own (its raw scores), then, hybrid, their fusion."""
+        hybrid = self.plan.hybrid
         requests = [
             edge.QueryRequest(
                 query=leg.query,
                 limit=leg.limit,
                 filter=leg.filter,
                 score_threshold=leg.score_threshold,
-                with_payload=not self.hybrid,
+                with_payload=not hybrid,
             )
             for leg in self.legs
         ]
-        if self.hybrid:
+        if hybrid:
             # Every fused candidate (at most both legs), so that ties are cut below in a fixed order.
             everything = sum(leg.limit for leg in self.legs)
             requests.append(
@@ -483,30 +448,16 @@ class _EdgeSearch:
 
     def hits(self, responses: Sequence[Sequence[edge.ScoredPoint]]) -> list[ScoredChunk]:
         """The answers to `requests()` as `ScoredChunk`s with both raw scores, above `score_threshold`."""
-        final = list(responses[-1])
-        if self.hybrid:
-            # RRF gives equal ranks equal scores, and the engine returns such ties in no fixed order: break
-            # them by id, so a question gets the same passages every time.
-            final = sorted(final, key=lambda p: (-p.score, str(p.id)))[: self.limit]
-            dense_scores = {str(p.id): float(p.score) for p in responses[0]}
-            sparse_scores = {str(p.id): float(p.score) for p in responses[1]}
-        else:
-            own = {str(p.id): float(p.score) for p in final}
-            dense_scores = own if self.has_dense else {}
-            sparse_scores = own if self.has_sparse else {}
-        hits = [
-            ScoredChunk.from_payload(
-                id=str(p.id),
-                score=float(p.score),
-                payload=dict(p.payload or {}),
-                dense=dense_scores.get(str(p.id)),
-                sparse=sparse_scores.get(str(p.id)),
-            )
-            for p in final
-        ]
-        if self.score_threshold is not None:
-            hits = [h for h in hits if h.score >= self.score_threshold]
-        return hits
+        if not self.plan.hybrid:
+            return self.plan.chunks(responses[-1], dense_scores={}, sparse_scores={})
+        # RRF gives equal ranks equal scores, and the engine returns such ties in no fixed order: break them
+        # by id, so a question gets the same passages every time.
+        final = sorted(responses[-1], key=lambda p: (-p.score, str(p.id)))[: self.plan.limit]
+        return self.plan.chunks(
+            final,
+            dense_scores={str(p.id): float(p.score) for p in responses[0]},
+            sparse_scores={str(p.id): float(p.score) for p in responses[1]},
+        )
 
 
 def build_edge_store(settings: Settings, *, resilience: Resilience | None = None) -> EdgeVectorStore:

@@ -16,9 +16,21 @@ from typing import Any, Protocol, runtime_checkable
 
 from shared.stores.sparse import SparseVector
 
-__all__ = ["PAYLOAD_FIELDS", "ChunkPoint", "CollectionMismatch", "ScoredChunk", "VectorStore", "point_id"]
+__all__ = [
+    "CANDIDATES_PER_LEG",
+    "PAYLOAD_FIELDS",
+    "ChunkPoint",
+    "CollectionMismatch",
+    "ScoredChunk",
+    "SearchPlan",
+    "VectorStore",
+    "point_id",
+]
 
 POINT_NAMESPACE = uuid.UUID("5b0c1d2e-7a34-4c1f-9d0e-6c7f1e2a3b4c")
+#: How deep each leg of a hybrid query reaches at least (at most `limit` is fused). Retrieval already asks
+#: for four times the passages it keeps; deeper legs moved no answer of the quality set.
+CANDIDATES_PER_LEG = 20
 PAYLOAD_FIELDS = ("source", "title", "heading", "heading_path", "chunk_index", "url", "content", "content_hash")
 
 
@@ -99,6 +111,77 @@ class ScoredChunk:
             sparse_score=sparse,
             payload=dict(payload),
         )
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """One `VectorStore.query` call, read the same way by every engine: which legs run (dense, BM25 or
+    both, fused by RRF), how deep, and how their answers become `ScoredChunk`s."""
+
+    dense: list[float] | None
+    #: None when the question has no indexed term.
+    sparse: SparseVector | None
+    limit: int
+    sources: list[str] | None
+    dense_score_threshold: float | None
+    score_threshold: float | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        dense: list[float] | None,
+        sparse: SparseVector | None,
+        limit: int = 5,
+        score_threshold: float | None = None,
+        dense_score_threshold: float | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> SearchPlan | None:
+        """The plan for `VectorStore.query`'s arguments; None when there is nothing to search with."""
+        has_sparse = sparse is not None and bool(sparse.indices)
+        if dense is None and not has_sparse:
+            return None
+        return cls(
+            dense=dense,
+            sparse=sparse if has_sparse else None,
+            limit=limit,
+            sources=list(sources) if sources else None,
+            dense_score_threshold=dense_score_threshold,
+            score_threshold=score_threshold,
+        )
+
+    @property
+    def hybrid(self) -> bool:
+        """Both legs run and are fused."""
+        return self.dense is not None and self.sparse is not None
+
+    @property
+    def depth(self) -> int:
+        """How many hits each leg asks for: hybrid, `CANDIDATES_PER_LEG` at least; one leg, `limit`."""
+        return max(self.limit, CANDIDATES_PER_LEG) if self.hybrid else self.limit
+
+    def chunks(
+        self, final: Sequence[Any], *, dense_scores: dict[str, float], sparse_scores: dict[str, float]
+    ) -> list[ScoredChunk]:
+        """The final points (`id`, `score`, `payload`) as `ScoredChunk`s above `score_threshold`, with each
+        hit's raw leg scores. One leg: its own scores are the raw ones (pass empty mappings)."""
+        if not self.hybrid:
+            own = {str(p.id): float(p.score) for p in final}
+            dense_scores = own if self.dense is not None else {}
+            sparse_scores = own if self.sparse is not None else {}
+        hits = [
+            ScoredChunk.from_payload(
+                id=str(p.id),
+                score=float(p.score),
+                payload=dict(p.payload or {}),
+                dense=dense_scores.get(str(p.id)),
+                sparse=sparse_scores.get(str(p.id)),
+            )
+            for p in final
+        ]
+        if self.score_threshold is not None:
+            hits = [h for h in hits if h.score >= self.score_threshold]
+        return hits
 
 
 @runtime_checkable

@@ -19,16 +19,13 @@ from shared.platform.logging import get_logger
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
 from shared.stores.sparse import SparseVector
-from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk
+from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, SearchPlan
 
 __all__ = ["UPSERT_BATCH", "QdrantVectorStore", "build_qdrant_store"]
 
 log = get_logger(__name__)
 
 UPSERT_BATCH = 256
-#: How deep each leg of a hybrid query reaches at least (at most `limit` is fused). Retrieval already asks
-#: for four times the passages it keeps; deeper legs moved no answer of the quality set.
-CANDIDATES_PER_LEG = 20
 
 
 def _source_filter(source: str, *, min_chunk_index: int | None = None) -> models.Filter:
@@ -228,121 +225,62 @@ def _scores(points: Sequence[Any]) -> dict[str, float]:
 
 
 class _Search:
-    """One query's parameters, its Query API requests (one `query_batch_points` call) and their reading.
+    """One query's Query API requests (one `query_batch_points` call) and their reading.
 
-    Hybrid: the dense and BM25 candidate lists (each hit's `dense_score` and `sparse_score`), fused by
-    reciprocal rank with qdrant-client's `reciprocal_rank_fusion`. One leg only: that list.
+    Hybrid: the dense and BM25 candidate lists (each hit's raw scores), fused by reciprocal rank with
+    qdrant-client's `reciprocal_rank_fusion`. One leg only: that list.
     """
 
-    def __init__(
-        self,
-        *,
-        dense: list[float] | None,
-        sparse: models.SparseVector | None,
-        limit: int,
-        candidates: int,
-        query_filter: models.Filter | None,
-        dense_score_threshold: float | None,
-        score_threshold: float | None = None,
-    ) -> None:
-        self.dense = dense
-        self.sparse = sparse
-        self.limit = limit
-        self.candidates = candidates
-        self.query_filter = query_filter
-        self.dense_score_threshold = dense_score_threshold
-        self.score_threshold = score_threshold
-        self.hybrid = dense is not None and sparse is not None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        dense: list[float] | None,
-        sparse: SparseVector | None,
-        limit: int = 5,
-        score_threshold: float | None = None,
-        dense_score_threshold: float | None = None,
-        sources: Sequence[str] | None = None,
-    ) -> _Search | None:
-        """The search for `VectorStore.query`'s arguments; None when there is nothing to search with."""
-        has_sparse = sparse is not None and bool(sparse.indices)
-        if dense is None and not has_sparse:
-            return None
-        query_filter = (
-            models.Filter(must=[models.FieldCondition(key="source", match=models.MatchAny(any=list(sources)))])
-            if sources
+    def __init__(self, plan: SearchPlan) -> None:
+        self.plan = plan
+        self.query_filter = (
+            models.Filter(must=[models.FieldCondition(key="source", match=models.MatchAny(any=plan.sources))])
+            if plan.sources
             else None
         )
-        return cls(
-            dense=dense,
-            sparse=_to_qdrant_sparse(sparse) if has_sparse else None,
-            limit=limit,
-            candidates=max(limit, CANDIDATES_PER_LEG),
-            query_filter=query_filter,
-            dense_score_threshold=dense_score_threshold,
-            score_threshold=score_threshold,
-        )
 
-    def _legs(self) -> list[models.Prefetch]:
-        """The candidate lists: dense (cosine, above `dense_score_threshold`), then BM25 (Qdrant applies IDF)."""
-        legs: list[models.Prefetch] = []
-        if self.dense is not None:
-            legs.append(
-                models.Prefetch(
-                    query=self.dense,
-                    using=DENSE_VECTOR,
-                    limit=self.candidates,
-                    filter=self.query_filter,
-                    score_threshold=self.dense_score_threshold,
-                )
-            )
-        if self.sparse is not None:
-            legs.append(
-                models.Prefetch(query=self.sparse, using=SPARSE_VECTOR, limit=self.candidates, filter=self.query_filter)
-            )
-        return legs
+    @classmethod
+    def build(cls, **query: Any) -> _Search | None:
+        """The search for `VectorStore.query`'s arguments; None when there is nothing to search with."""
+        plan = SearchPlan.of(**query)
+        return cls(plan) if plan is not None else None
 
     def requests(self) -> list[models.QueryRequest]:
-        """Hybrid: [dense, BM25], each `candidates` deep; one leg only: [that leg, `limit` deep]."""
-        legs = self._legs()
-        return [
-            models.QueryRequest(
-                query=leg.query,
-                using=leg.using,
-                limit=leg.limit if self.hybrid else self.limit,
-                filter=leg.filter,
-                score_threshold=leg.score_threshold,
-                with_payload=True,
+        """Dense (cosine, above `dense_score_threshold`), then BM25 (Qdrant applies IDF), each `depth` deep."""
+        plan = self.plan
+        requests: list[models.QueryRequest] = []
+        if plan.dense is not None:
+            requests.append(
+                models.QueryRequest(
+                    query=plan.dense,
+                    using=DENSE_VECTOR,
+                    limit=plan.depth,
+                    filter=self.query_filter,
+                    score_threshold=plan.dense_score_threshold,
+                    with_payload=True,
+                )
             )
-            for leg in legs
-        ]
+        if plan.sparse is not None:
+            requests.append(
+                models.QueryRequest(
+                    query=_to_qdrant_sparse(plan.sparse),
+                    using=SPARSE_VECTOR,
+                    limit=plan.depth,
+                    filter=self.query_filter,
+                    with_payload=True,
+                )
+            )
+        return requests
 
     def hits(self, responses: Sequence[models.QueryResponse]) -> list[ScoredChunk]:
         """The answers to `requests()` as `ScoredChunk`s with both raw scores, above `score_threshold`."""
         lists = [response.points for response in responses]
-        final = lists[-1]
-        if self.hybrid:
-            dense_scores, sparse_scores = _scores(lists[0]), _scores(lists[1])
-            # The fusion the Query API's `FusionQuery(RRF)` applies, by qdrant-client's own function, over
-            # the two lists already fetched: asking Qdrant to fuse would score both legs a second time.
-            final = reciprocal_rank_fusion([lists[0], lists[1]], limit=self.limit)
-        else:
-            dense_scores = _scores(final) if self.dense is not None else {}
-            sparse_scores = _scores(final) if self.sparse is not None else {}
-        hits = [
-            ScoredChunk.from_payload(
-                id=str(p.id),
-                score=float(p.score),
-                payload=p.payload or {},
-                dense=dense_scores.get(str(p.id)),
-                sparse=sparse_scores.get(str(p.id)),
-            )
-            for p in final
-        ]
-        if self.score_threshold is not None:
-            hits = [h for h in hits if h.score >= self.score_threshold]
-        return hits
+        if not self.plan.hybrid:
+            return self.plan.chunks(lists[0], dense_scores={}, sparse_scores={})
+        # The fusion the Query API's `FusionQuery(RRF)` applies, by qdrant-client's own function, over the
+        # two lists already fetched: asking Qdrant to fuse would score both legs a second time.
+        final = reciprocal_rank_fusion([lists[0], lists[1]], limit=self.plan.limit)
+        return self.plan.chunks(final, dense_scores=_scores(lists[0]), sparse_scores=_scores(lists[1]))
 
 
 def build_qdrant_store(settings: Settings, *, resilience: Resilience | None = None) -> QdrantVectorStore:
