@@ -26,7 +26,7 @@ from shared.platform.logging import get_logger
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
 from shared.stores.sparse import SparseVector
-from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, SearchPlan
+from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, SearchPlan, SourceWrites
 
 __all__ = ["RRF_K", "EdgeVectorStore", "build_edge_store"]
 
@@ -77,7 +77,7 @@ def _point(point: ChunkPoint) -> edge.Point:
     return edge.Point(point.id, vectors, point.payload)
 
 
-class EdgeVectorStore:
+class EdgeVectorStore(SourceWrites):
     """The embedded store: one Qdrant Edge shard, every call on one dedicated thread."""
 
     mode = "local"
@@ -203,23 +203,6 @@ class EdgeVectorStore:
             shard.optimize()  # a no-op (~25 us) when nothing was deleted
 
         await self._run(delete)
-
-    async def delete_source(self, source: str) -> int:
-        """Remove every chunk of `source`."""
-        existing = await self.count(source)
-        if existing:
-            await self._delete(source)
-        return existing
-
-    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
-        """Upsert `points`, then delete the source's chunks with an index past the new count (`total`).
-
-        Ids are deterministic, so a crash between the two steps leaves only chunks that a re-run
-        overwrites or deletes: the store converges to exactly `points`.
-        """
-        written = await self.upsert(points)
-        await self._delete(source, min_chunk_index=len(points) if total is None else total)
-        return written
 
     async def chunk_hashes(self, source: str) -> dict[int, str]:
         """chunk_index -> content_hash of the stored chunks of `source`."""

@@ -10,6 +10,7 @@ Imports no Qdrant code: API processes in embedded mode only ever hold a `RemoteV
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +24,7 @@ __all__ = [
     "CollectionMismatch",
     "ScoredChunk",
     "SearchPlan",
+    "SourceWrites",
     "VectorStore",
     "point_id",
 ]
@@ -182,6 +184,40 @@ class SearchPlan:
         if self.score_threshold is not None:
             hits = [h for h in hits if h.score >= self.score_threshold]
         return hits
+
+
+class SourceWrites(ABC):
+    """`delete_source` and `replace_source`, the same for every engine over its own upsert, count and
+    delete-by-source."""
+
+    @abstractmethod
+    async def upsert(self, points: Sequence[ChunkPoint]) -> int:
+        """Write points (same id overwrites); returns the number written."""
+
+    @abstractmethod
+    async def count(self, source: str | None = None) -> int:
+        """Exact number of points (of one source, or all)."""
+
+    @abstractmethod
+    async def _delete(self, source: str, *, min_chunk_index: int | None = None) -> None:
+        """Delete the source's points (those from `min_chunk_index` on, when given)."""
+
+    async def delete_source(self, source: str) -> int:
+        """Remove every chunk of `source`; returns how many there were."""
+        existing = await self.count(source)
+        if existing:
+            await self._delete(source)
+        return existing
+
+    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
+        """Upsert `points`, then delete the source's chunks with an index past the new count (`total`).
+
+        Ids are deterministic, so a crash between the two steps leaves only chunks that a re-run
+        overwrites or deletes: the store converges to exactly `points`.
+        """
+        written = await self.upsert(points)
+        await self._delete(source, min_chunk_index=len(points) if total is None else total)
+        return written
 
 
 @runtime_checkable

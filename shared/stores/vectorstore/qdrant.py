@@ -19,7 +19,7 @@ from shared.platform.logging import get_logger
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
 from shared.stores.sparse import SparseVector
-from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, SearchPlan
+from shared.stores.vectorstore.protocol import ChunkPoint, CollectionMismatch, ScoredChunk, SearchPlan, SourceWrites
 
 __all__ = ["UPSERT_BATCH", "QdrantVectorStore", "build_qdrant_store"]
 
@@ -39,7 +39,7 @@ def _to_qdrant_sparse(vector: Any) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-class QdrantVectorStore:
+class QdrantVectorStore(SourceWrites):
     """The store over a Qdrant server (async client)."""
 
     mode = "server"
@@ -129,24 +129,6 @@ class QdrantVectorStore:
             points_selector=models.FilterSelector(filter=_source_filter(source, min_chunk_index=min_chunk_index)),
             wait=True,
         )
-
-    async def delete_source(self, source: str) -> int:
-        """Remove every chunk of `source`."""
-        await self.ensure_collection()
-        existing = await self.count(source)
-        if existing:
-            await self._delete(source)
-        return existing
-
-    async def replace_source(self, source: str, points: Sequence[ChunkPoint], *, total: int | None = None) -> int:
-        """Upsert `points`, then delete the source's chunks with an index past the new count (`total`).
-
-        Ids are deterministic, so a crash between the two steps leaves only chunks that a re-run
-        overwrites or deletes: the store converges to exactly `points`.
-        """
-        written = await self.upsert(points)
-        await self._delete(source, min_chunk_index=len(points) if total is None else total)
-        return written
 
     async def chunk_hashes(self, source: str) -> dict[int, str]:
         """chunk_index -> content_hash of the stored chunks of `source`."""
