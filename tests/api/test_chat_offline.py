@@ -15,6 +15,9 @@ from tests.utils.sse import iter_events
 
 __all__ = ["offline_corpus_store"]
 
+# The first test's setup embeds the whole book with the bundled e5 model (minutes on a busy 2-core box).
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 async def client(offline_corpus_store: VectorStore) -> AsyncIterator[httpx.AsyncClient]:

@@ -16,7 +16,9 @@ import pytest
 from bench.quality import QualityReport, evaluate, ingest_book, load_qa_set
 from tests.utils.stack import Stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The module's first test also boots the stack and ingests the whole book with the bundled e5 model
+# (~3 min here, longer on a busy CI box); pytest-timeout counts fixture setup against that test.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 #: The levels the offline run reached when they were set (docs/notes/quality.md); a drop fails CI.
 FLOORS = {
