@@ -4,8 +4,9 @@ Used when no LLM is configured or its breaker is open. The book's chat widget sh
 TEXT, so the answer is plain prose: the passages' markdown is parsed (markdown-it-py, CommonMark plus
 tables) and only the text of paragraphs and list items is kept; headings, tables, HTML and code are
 dropped (code comes back, fenced, only when the question asks for it). Sentences are scored by the
-question terms they share (the BM25 analysis of `shared.stores.sparse.tokenize`, rarer terms weighing more),
-and at most a few of them, from at most three sections, are quoted in reading order with [n] markers.
+question terms they share, their section heading's counting as theirs (the BM25 analysis of
+`shared.stores.sparse.tokenize`, rarer terms weighing more), and at most a few of them, from at most three
+sections, are quoted in reading order with [n] markers.
 
 Pure and deterministic: no I/O, no clock, no randomness.
 """
@@ -332,8 +333,10 @@ class _Candidate:
     section: int  # index of the section (passages sharing source and heading), in rank order
     order: int  # reading order within the section
     text: str
+    #: The sentence's analysed terms and its section heading's: under "System Requirements", "8GB+ RAM
+    #: (16GB+ recommended)" answers "what are the system requirements?" without repeating its words.
     terms: frozenset[str]
-    length: int  # analysed terms, counting repeats
+    length: int  # analysed terms of the sentence itself, counting repeats
     defines: bool
     weak: bool  # it introduced a listing or table that is not quoted
 
@@ -460,6 +463,7 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
     for section, indices in enumerate(members):
         if section not in quotable:
             continue
+        heading_terms = frozenset(tokenize(passages[indices[0]].heading or ""))
         order = 0
         for i in indices:
             for block in parsed[i]:
@@ -473,7 +477,13 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
                     terms = tokenize(sentence)
                     candidates.append(
                         _Candidate(
-                            section, order, sentence, frozenset(terms), len(terms), _defines(terms, subject), weak
+                            section,
+                            order,
+                            sentence,
+                            frozenset(terms) | heading_terms,
+                            len(terms),
+                            _defines(terms, subject),
+                            weak,
                         )
                     )
                     order += 1

@@ -436,3 +436,17 @@ def test_sections_that_ask_are_not_quoted_when_one_explains() -> None:
     )
     assert extract.used == [0]
     assert "Understand" not in extract.text
+
+
+def test_a_section_whose_heading_names_the_question_is_quoted_though_its_items_do_not() -> None:
+    """ "What are the system requirements?" is answered by the items under "System Requirements" ("NVIDIA GPU
+    with RTX ..."), which never repeat the question's words; the introduction that does comes second."""
+    passages = retrieved(
+        ("week7/nvidia-isaac-sim.md", "System Requirements"),
+        ("week7/nvidia-isaac-sim.md", "Introduction to NVIDIA Isaac Sim"),
+    )
+    extract = compose_extractive("What are the system requirements for Isaac Sim?", passages, note=NOTE)
+    assert extract.used[0] == 0
+    assert "NVIDIA GPU with RTX or GTX 1080/1080Ti or better. " in extract.text
+    assert extract.text.index("[1]") < extract.text.index("[2]")
+    assert_answer(extract, passages, code=False)
