@@ -12,7 +12,7 @@ signals with a meaning of their own:
 - term coverage: the share of the question's content terms (stemmed, stop words and question-framing
   words removed) found in the passage, against `RETRIEVAL_MIN_TERM_COVERAGE`;
 - offline, the e5 cosine of question and passage against `OFFLINE_MIN_DENSE_SCORE` (calibrated for that
-  bundled model, so not a setting);
+  bundled model, so not a setting), with the static local model's agreement (`OFFLINE_MIN_AGREEMENT_SCORE`);
 - online, the static local model's similarity (`shared.inference.semantic`, whatever the operator's
   embedding model) against the low `RETRIEVAL_OFFTOPIC_SEMANTIC_SCORE` (only the clearly off-topic is
   refused before the model, which is told to say when the passages do not answer), or against
@@ -75,6 +75,11 @@ SERVER_STORE_CONCURRENCY = 64
 #: narrow band: on the book's set, with the heading path in the chunk vectors (`local_dense.CONTEXT_WEIGHT`),
 #: in-book best scores 0.82-0.94, off-topic 0.76-0.85; docs/notes/quality.md).
 OFFLINE_MIN_DENSE_SCORE = 0.85
+#: Offline, a passage admitted by e5's cosine alone (too few of the question's words) must also not be
+#: plainly unrelated to the static model: two models of different kinds rarely err on the same question.
+#: On the book's set, in-book questions admitted this way scored 0.11-0.40, the one off-topic question e5
+#: admitted ("How many calories should I eat to lose weight?") 0.01 (docs/notes/quality.md).
+OFFLINE_MIN_AGREEMENT_SCORE = 0.05
 _GATE = "retrieval.store_gate"
 
 
@@ -109,12 +114,15 @@ def _relevant(passage: Passage, *, gate: Gate) -> bool:
     semantic, bar = passage.semantic_score, gate.min_semantic
     if semantic is not None and bar is not None and semantic >= bar:
         return True
-    # Online, the operator's own embedding model may admit a paraphrase too, with some shared vocabulary:
-    # embeddings alone also score "the capital of France" against any passage of the same sentence shape.
-    # Offline, the bundled e5 model's bar was measured on its own (docs/notes/quality.md).
     if passage.dense_score is None or passage.dense_score < gate.min_dense:
         return False
-    return gate.dense_alone or passage.coverage > 0
+    if not gate.dense_alone:
+        # Online, the operator's own embedding model may admit a paraphrase too, with some shared vocabulary:
+        # embeddings alone also score "the capital of France" against any passage of the same sentence shape.
+        return passage.coverage > 0
+    # Offline, the bundled e5 model's bar was measured on its own (docs/notes/quality.md), and the static
+    # model vetoes what it finds plainly unrelated.
+    return gate.min_agreement is None or (semantic is not None and semantic >= gate.min_agreement)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,8 @@ class Gate:
     min_dense: float
     #: The dense score admits a passage with no shared term (the bundled model's calibrated bar).
     dense_alone: bool = False
+    #: With `dense_alone`, the static model's similarity such a passage must also reach.
+    min_agreement: float | None = None
 
 
 def _gate(services: Services, *, min_dense_score: float | None, min_term_coverage: float | None) -> Gate:
@@ -151,6 +161,7 @@ def _gate(services: Services, *, min_dense_score: float | None, min_term_coverag
         min_semantic=min_semantic,
         min_dense=min_dense_score,
         dense_alone=offline_dense,
+        min_agreement=OFFLINE_MIN_AGREEMENT_SCORE if offline_dense else None,
     )
 
 
@@ -237,7 +248,7 @@ async def retrieve(
     headings = [hit.heading or hit.title or "" for hit in hits]
     # One batch for both: each passage's similarity (the gate, unless offline where e5's cosine is the
     # semantic signal) and its heading's (the ranking).
-    gated = haystacks if gate.min_semantic is not None else []
+    gated = haystacks if gate.min_semantic is not None or gate.min_agreement is not None else []
     similarities = await services.semantic.similarities(text, [*gated, *headings])
     heading_semantic = similarities[len(gated) :]
     semantic: list[float | None] = list(similarities[: len(gated)]) if gated else [None] * len(hits)

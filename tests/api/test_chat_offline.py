@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from shared.answers import retrieval
 from shared.answers.answering import OFFLINE_NOTE
+from shared.answers.retrieval import retrieve
 from shared.stores.vectorstore import VectorStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.chat_corpus import chat_app, chat_settings, offline_corpus_store
@@ -48,6 +50,28 @@ async def test_off_topic_offline_is_not_covered(client: httpx.AsyncClient) -> No
     assert body["citations"] == []
     assert body["sources"] == []
     assert "couldn't find" in body["response"]
+
+
+async def test_what_e5_alone_admits_the_static_model_can_veto(
+    offline_corpus_store: VectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """e5 scores "How many calories ...?" over the bar against the course overview (its cosines sit in a
+    narrow band); the static model finds that passage plainly unrelated, so the question is refused. A
+    paraphrase the book answers, admitted by e5 alone too, keeps its passages."""
+    calories = "How many calories should I eat to lose weight?"
+    paraphrase = "Does thinking happen only inside the skull?"  # no word of the embodied-cognition sections
+    async with chat_app(chat_settings(openai_base_url=None, offline=True), offline_corpus_store) as (app, _):
+        services = app.state.services
+        assert await retrieve(services=services, query=calories) == []
+        kept = await retrieve(services=services, query=paraphrase)
+        assert kept
+        assert all(p.coverage < 0.6 for p in kept)
+        assert {p.source for p in kept} & {"week2/embodied-intelligence.md", "week1/intro-physical-ai.md"}
+        monkeypatch.setattr(retrieval, "OFFLINE_MIN_AGREEMENT_SCORE", None)
+        admitted = await retrieve(services=services, query=calories)
+        assert admitted
+        assert admitted[0].dense_score is not None
+        assert admitted[0].dense_score >= retrieval.OFFLINE_MIN_DENSE_SCORE
 
 
 async def test_stream_is_extractive(client: httpx.AsyncClient) -> None:

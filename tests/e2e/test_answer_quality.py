@@ -26,7 +26,7 @@ FLOORS = {
     "r_at_3": 0.69,  # reached: 0.71 (49 of 69)
     "follow_up_hit_rate": 0.85,  # reached: 0.90 (18 of 20)
     "max_in_book_refusals": 6,  # reached: 6 of 69, all paraphrases
-    "max_off_topic_answered": 1,  # reached: 1 of 18 ("How many calories should I eat to lose weight?")
+    "max_off_topic_answered": 0,  # reached: 0 of 18 (the static model vetoes what e5 alone admits)
 }
 ASKING_HEADINGS = re.compile(r"review questions|learning objectives|further reading|exercise|prerequisites", re.I)
 MARKUP = re.compile(r"\*\*|__|`|^\s*(#|>|[-*] |\d+\. )", re.M)
