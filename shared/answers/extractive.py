@@ -495,11 +495,19 @@ def compose_extractive(query: str, passages: Sequence[Passage], *, note: str) ->
         for section in {c.section for c in chosen}
     }
     top = min(quotable, default=None)
-    top_has_prose = any(c.section == top for c in candidates)
-    if chosen and top is not None and not top_has_prose and (code is None or code[0] != top):
-        # Retrieval's best section teaches this mostly in code or tables: point the reader at it first
-        # rather than cite only the sections whose prose happens to repeat the question's words.
-        texts[top] = f'The book shows this in "{_where(passages[first[top]])}", mostly as code not quoted here.'
+    with_prose = {c.section for c in candidates}
+    shown = code[0] if code is not None else None
+    for rank, section in enumerate(sorted(quotable)[:MAX_SECTIONS]):
+        if not chosen or section in with_prose or section == shown:
+            continue
+        # One of retrieval's best sections teaches this in code or tables only: point the reader at it, in
+        # its place, rather than cite only the sections whose prose happens to repeat the question's words.
+        where = _where(passages[first[section]])
+        texts[section] = (
+            f'The book shows this in "{where}", mostly as code not quoted here.'
+            if rank == 0
+            else f'See also "{where}" (code or a table, not quoted here).'
+        )
     # Retrieval's best section answering in code comes first, its listing before the prose.
     code_first = code is not None and code[0] == top and top not in texts
     markers: dict[int, int] = {}  # section -> marker number, in order of first use

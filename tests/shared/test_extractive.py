@@ -160,9 +160,10 @@ def assert_quotes_passages(extract: Extract, passages: list[Passage]) -> None:
         cited = passages[extract.used[int(number) - 1]]
         same_section = [p for p in passages if (p.source, p.heading) == (cited.source, cited.heading)]
         source_words = " ".join(_words(" ".join(plain_text_blocks(p.content, keep_code=False))) for p in same_section)
-        for sentence in re.split(r"(?<=[.!?\u2026])\s+", group.strip()):
+        # A group right after a listing starts with the ":" of "Code from the book [n]:".
+        for sentence in re.split(r"(?<=[.!?\u2026])\s+", group.strip().removeprefix(":").strip()):
             if sentence and not sentence.startswith(
-                ("Code from the book", "The closest section", "The book shows this in")
+                ("Code from the book", "The closest section", "The book shows this in", "See also")
             ):
                 assert _words(sentence.rstrip("\u2026")) in source_words, sentence
 
@@ -450,3 +451,18 @@ def test_a_section_whose_heading_names_the_question_is_quoted_though_its_items_d
     assert "NVIDIA GPU with RTX or GTX 1080/1080Ti or better. " in extract.text
     assert extract.text.index("[1]") < extract.text.index("[2]")
     assert_answer(extract, passages, code=False)
+
+
+def test_a_code_only_section_among_the_best_three_is_pointed_at_in_its_place() -> None:
+    """Retrieval's second section answers in code only (a troubleshooting table written as a dict): the
+    answer points at it after the first section's prose instead of leaving it out."""
+    passages = retrieved(
+        ("week9/isaac-ros.md", "Isaac ROS DNN Inference"),
+        ("week9/isaac-ros.md", "Common Issues and Solutions"),
+        ("week9/isaac-ros.md", "Introduction to Isaac ROS"),
+    )
+    extract = compose_extractive("What should I do when Isaac ROS runs out of GPU memory?", passages, note=NOTE)
+    assert extract.used[:2] == [0, 1]
+    assert 'See also "Common Issues and Solutions" (code or a table, not quoted here). [2]' in extract.text
+    assert "CUDA_ERROR_OUT_OF_MEMORY" not in extract.text
+    assert_answer(extract, passages)
