@@ -246,8 +246,8 @@ async def retrieve(
     selected_terms = set(tokenize(selected[:SELECTED_QUERY_CHARS])) if selected else set()
     haystacks = [_haystack(hit) for hit in hits]
     headings = [hit.heading or hit.title or "" for hit in hits]
-    # One batch for both: each passage's similarity (the gate, unless offline where e5's cosine is the
-    # semantic signal) and its heading's (the ranking).
+    # One batch for both: each passage's similarity (the gate: online its semantic bar, offline the
+    # agreement a passage admitted by e5 alone needs) and its heading's (the ranking).
     gated = haystacks if gate.min_semantic is not None or gate.min_agreement is not None else []
     similarities = await services.semantic.similarities(text, [*gated, *headings])
     heading_semantic = similarities[len(gated) :]
