@@ -29,7 +29,6 @@ from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
 from shared.stores.db.engine import create_engine
-from shared.stores.db_resilience import attach_database_breaker
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.tcp_proxy import TcpProxy
 from worker.watchdog import RUNNING, Watchdog
@@ -59,7 +58,7 @@ async def test_breaker_state_is_shared_and_merged(redis: Redis) -> None:
     try:
         await asyncio.sleep(0.3)
         for _ in range(2):
-            a.record_failure(Upstream.OPENAI, TimeoutError())
+            await a.record_failure(Upstream.OPENAI, TimeoutError())
         assert a.is_open(Upstream.OPENAI)
         deadline = time.monotonic() + 0.5
         while not b.is_open(Upstream.OPENAI) and time.monotonic() < deadline:
@@ -101,21 +100,21 @@ async def test_failures_are_counted_across_processes(redis: Redis) -> None:
     sync_a = CircuitSync(resilience=a, redis=redis, role="api", pid=3001, interval_s=0.2, prefix=prefix).start()
     sync_b = CircuitSync(resilience=b, redis=redis, role="api", pid=3002, interval_s=0.2, prefix=prefix).start()
     try:
-        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await a.record_failure(Upstream.QDRANT, TimeoutError())
         await asyncio.sleep(0.1)
-        b.record_failure(Upstream.QDRANT, TimeoutError())
+        await b.record_failure(Upstream.QDRANT, TimeoutError())
         deadline = time.monotonic() + 2
         while not (a.is_open(Upstream.QDRANT) and b.is_open(Upstream.QDRANT)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert b.is_open(Upstream.QDRANT)
         assert a.is_open(Upstream.QDRANT)
-        a.reset()
+        await a.reset()
         await asyncio.sleep(0.1)
         assert not b.is_open(Upstream.QDRANT)  # the reset was shared too
-        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await a.record_failure(Upstream.QDRANT, TimeoutError())
         await asyncio.sleep(0.1)
         assert await b.call(Upstream.QDRANT, lambda: asyncio.sleep(0, "ok")) == "ok"  # resets the shared count
-        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await a.record_failure(Upstream.QDRANT, TimeoutError())
         await asyncio.sleep(0.1)
         shared = await a.refresh_shared()
         assert shared is not None
@@ -173,8 +172,7 @@ async def test_database_breaker_over_a_cut_proxy(pg_url: str) -> None:
         url = pg_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}")
         settings = settings_for(database_url=url, circuit_recovery_timeout=1.0)
         res = Resilience(settings)
-        engine = create_engine(settings)
-        assert attach_database_breaker(engine, res, settings=settings)
+        engine = create_engine(settings, res)
         try:
             async with engine.connect() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar() == 1
@@ -206,8 +204,7 @@ async def test_database_auth_failure_is_misconfiguration(pg_url: str) -> None:
     bad = f"postgresql://lectern_nobody:wrong-secret-pw@127.0.0.1:{target.port or 5432}{target.path}"
     settings = settings_for(database_url=bad)
     res = Resilience(settings)
-    engine = create_engine(settings)
-    attach_database_breaker(engine, res, settings=settings)
+    engine = create_engine(settings, res)
     try:
         for _ in range(3):
             with pytest.raises(UpstreamMisconfigured) as info:
@@ -300,7 +297,7 @@ async def test_metrics_record_breakers_retries_and_jobs() -> None:
     from arq.worker import func
 
     res = Resilience(settings_for(circuit_failure_threshold=1))
-    res.record_failure(Upstream.QDRANT, TimeoutError())
+    await res.record_failure(Upstream.QDRANT, TimeoutError())
 
     async def ok(ctx: dict[str, Any]) -> str:
         return "ok"
