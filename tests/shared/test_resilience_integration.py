@@ -28,7 +28,7 @@ from shared.platform.config import Settings
 from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
-from shared.stores.db.engine import create_engine
+from shared.stores.db.engine import create_engine, create_session_factory
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.tcp_proxy import TcpProxy
 from worker.watchdog import RUNNING, Watchdog
@@ -194,6 +194,46 @@ async def test_database_breaker_over_a_cut_proxy(pg_url: str) -> None:
             async with engine.connect() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar() == 1
             assert res.breaker(Upstream.DATABASE).state == "closed"
+        finally:
+            await engine.dispose()
+
+
+async def test_database_trial_of_a_route_call_is_reentrant_through_the_engine(pg_url: str, redis: Redis) -> None:
+    """Half-open, state in Redis: a route's `call(DATABASE, fn)` takes the trial and `fn`'s session opens
+    its pool connection through the breaker again (SQLAlchemy awaits the connect from its greenlet, in the
+    same task): that connect goes ahead as part of the trial and closes the breaker, while a call in
+    another task meanwhile is refused without connecting."""
+    target = urlsplit(pg_url)
+    with TcpProxy(target.port or 5432) as proxy:
+        url = pg_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}")
+        settings = settings_for(database_url=url, circuit_recovery_timeout=1.0)
+        res = Resilience(settings)
+        res.share_state(redis, prefix=f"lectern:test:{uuid.uuid4().hex[:8]}:")
+        engine = create_engine(settings, res)
+        sessions = create_session_factory(engine)
+
+        async def route(delay: float) -> int:
+            await asyncio.sleep(delay)  # the trial is in flight before its session connects
+            async with sessions() as session:
+                return int(await session.scalar(text("SELECT 1")))
+
+        try:
+            proxy.cut()
+            for _ in range(2):
+                with pytest.raises(UpstreamUnavailable):
+                    await res.call(Upstream.DATABASE, lambda: route(0), retry=False)
+            assert res.is_open(Upstream.DATABASE)
+            proxy.restore()
+            await asyncio.sleep(1.1)
+            accepted = proxy.connections_accepted
+            trial = asyncio.create_task(res.call(Upstream.DATABASE, lambda: route(0.3)))
+            await asyncio.sleep(0.1)
+            with pytest.raises(UpstreamUnavailable):
+                await res.call(Upstream.DATABASE, lambda: route(0))
+            assert await trial == 1
+            assert proxy.connections_accepted == accepted + 1
+            assert res.breaker(Upstream.DATABASE).state == "closed"
+            assert (await res.refresh_shared() or {})[Upstream.DATABASE].state == "closed"
         finally:
             await engine.dispose()
 
