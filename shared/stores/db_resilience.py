@@ -36,19 +36,20 @@ from shared.platform.upstreams import ErrorKind, Upstream, classify_error
 
 __all__ = ["KEEPALIVES", "connector", "conninfo", "translate_errors"]
 
-#: libpq client-side keepalives (safe behind connection poolers, unlike server `options`), so a silently
-#: dead server is noticed; with a short connect timeout.
+#: libpq client-side keepalives, so a silently dead server is noticed (safe behind connection poolers,
+#: unlike server `options`).
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+#: A connect that hangs must fail (and count) well within a request's deadline.
 CONNECT_TIMEOUT_S = 5
 
 
 def conninfo(settings: Settings) -> str:
-    """libpq connection string for the configured PostgreSQL URL (its own parameters win over ours)."""
-    url = make_url(settings.sqlalchemy_url).set(drivername="postgresql")
-    defaults = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES}
-    return make_conninfo(
-        url.render_as_string(hide_password=False), **{k: v for k, v in defaults.items() if k not in url.query}
-    )
+    """libpq connection string for the configured PostgreSQL URL, read the way SQLAlchemy's psycopg dialect
+    reads it (its query parameters win over our defaults)."""
+    url = make_url(settings.sqlalchemy_url)
+    params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES, **url.query}
+    params.update(url.translate_connect_args(username="user", database="dbname"))
+    return make_conninfo("", **params)
 
 
 def connector(settings: Settings, resilience: Resilience | None) -> Callable[[], Awaitable[Any]]:

@@ -262,3 +262,27 @@ async def test_trial_lease_is_reentrant_for_its_task(make: Make) -> None:
     assert not await asyncio.create_task(other_task())
     assert await res.call(Upstream.DATABASE, nested) == "ok"
     assert res.breaker(Upstream.DATABASE).state == "closed"
+
+
+def test_database_conninfo_from_the_url() -> None:
+    """The engine's connect string: the URL's parts (a password with reserved characters intact) and
+    parameters, with a 5 s connect timeout and TCP keepalives unless the URL sets its own."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from shared.stores.db_resilience import conninfo
+
+    url = "postgres://u:p%40s%20s%2Fw@db.example:6543/lectern?ssl=require&connect_timeout=9"
+    params = conninfo_to_dict(conninfo(Settings(_env_file=None, database_url=url)))
+    assert params == {
+        "host": "db.example",
+        "port": "6543",
+        "user": "u",
+        "password": "p@s s/w",
+        "dbname": "lectern",
+        "sslmode": "require",
+        "connect_timeout": "9",
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }
