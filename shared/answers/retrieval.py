@@ -218,7 +218,7 @@ async def retrieve(
     if store is None:
         raise UpstreamUnavailable("The search index is not available.", upstream="qdrant")
     # An open `qdrant` breaker refuses at once, before an embeddings call is spent on the query.
-    services.resilience.ensure_available(Upstream.QDRANT)
+    await services.resilience.check(Upstream.QDRANT)
     top_k = limit or settings.retrieval_top_k
     gate = _gate(services, min_dense_score=min_dense_score, min_term_coverage=min_term_coverage)
 
@@ -234,7 +234,7 @@ async def retrieve(
             # BM25 alone still finds passages; better than failing the question.
             log.warning("retrieval.dense_unavailable", code=exc.code)
         except TimeoutError as exc:
-            services.resilience.record_failure(Upstream.OPENAI, exc)  # repeated stalls open the breaker
+            await services.resilience.record_failure(Upstream.OPENAI, exc)  # repeated stalls open the breaker
             log.warning("retrieval.dense_timeout", deadline_s=deadline)
     embedded = time.perf_counter()
     async with _store_gate(services):

@@ -79,7 +79,7 @@ async def complete(
             deadline,
         )
     except TimeoutError as exc:
-        services.resilience.record_failure(Upstream.OPENAI, exc)
+        await services.resilience.record_failure(Upstream.OPENAI, exc)
         log.warning("llm.completion_timeout", deadline_s=deadline)
         raise LlmStalled(f"The language model did not answer within {deadline:g} s. Please try again.") from None
     if not response.choices:
@@ -119,7 +119,7 @@ async def open_stream(
             timeout,
         )
     except TimeoutError as exc:
-        services.resilience.record_failure(Upstream.OPENAI, exc)
+        await services.resilience.record_failure(Upstream.OPENAI, exc)
         log.warning("llm.stream_stalled", idle_timeout_s=timeout, phase="open")
         raise LlmStalled(f"The language model sent nothing for {timeout:g} s. Please try again.") from None
     return _deltas(services=services, stream=upstream, idle_timeout_s=timeout)
@@ -143,7 +143,7 @@ async def _deltas(
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:
-                resilience.record_failure(Upstream.OPENAI, exc)
+                await resilience.record_failure(Upstream.OPENAI, exc)
                 log.warning("llm.stream_stalled", idle_timeout_s=idle_timeout_s)
                 raise LlmStalled(
                     f"The language model sent nothing for {idle_timeout_s:g} s. Please try again."
@@ -152,11 +152,11 @@ async def _deltas(
                 raise
             except Exception as exc:
                 log.warning("llm.stream_failed", error=type(exc).__name__)
-                raise resilience.record_failure(Upstream.OPENAI, exc) from exc
+                raise await resilience.record_failure(Upstream.OPENAI, exc) from exc
             if chunk.choices and (text := chunk.choices[0].delta.content):
                 yield text
         finished = True
-        resilience.record_success(Upstream.OPENAI)
+        await resilience.record_success(Upstream.OPENAI)
     finally:
         if not finished:
             log.info("llm.stream_closed_early")

@@ -12,16 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import shared.platform.metrics as metrics
 from shared.platform.logging import get_logger
 from shared.platform.upstreams import Upstream
-
-if TYPE_CHECKING:
-    pass
-
-T = TypeVar("T")
 
 log = get_logger(__name__)
 
@@ -54,21 +49,14 @@ class BreakerSnapshot:
         return dict(self.__dict__)
 
 
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
 def _from_ms(ms: int) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, UTC) if ms > 0 else None
 
 
 # One step of one breaker, atomically. KEYS: the state hash, the trial lock. ARGV: op (read | acquire |
 # failure | success | release | reset), threshold, recovery_ms, lease_ms, window_ms, token, error,
-# channel, upstream name, ttl_ms (each step, a re-read included, keeps the state alive that long). Returns (and PUBLISHes on a transition) the state after the step, with the
-# Redis clock, the trial lock's PTTL, the verdict (acquire: ok | trial | refused) and the state before.
+# channel, upstream name, ttl_ms (each step, a re-read included, keeps the state alive that long).
+# Returns (and PUBLISHes on a transition) the state after the step, with the Redis clock, the trial lock's PTTL, the verdict (acquire: ok | trial | refused) and the state before.
 BREAKER_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -179,8 +167,6 @@ class Breaker:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.version = (0, 0)  # (epoch, version) of the shared state last adopted
-        self.pending = 0  # writes sent to Redis whose answers have not been adopted yet
-        self.reserving = False  # a background trial reservation is in flight
         self._reopen_at = 0.0  # monotonic: when open turns half_open
         self._failed_at = 0.0  # monotonic: the last counted failure
         self._trial_busy_until = 0.0  # monotonic: some caller (any process) holds the trial lease
@@ -188,7 +174,6 @@ class Breaker:
         self._trial_token = ""
         self._trial_until = 0.0
         self._owns_trial = False
-        self._grant: tuple[str, float] | None = None  # a trial reserved in Redis for the next check here
         self._listeners: list[Callable[[Upstream, str, str], None]] = []
         self._reported = CLOSED
 
@@ -217,19 +202,11 @@ class Breaker:
 
     def holds_trial(self) -> bool:
         """True in the task running this process's half-open trial (re-entrant: call -> engine connect)."""
-        owner = _current_task()
-        return (
-            self._owns_trial
-            and owner is not None
-            and owner is self._trial_owner
-            and time.monotonic() < self._trial_until
-        )
+        return self._owns_trial and self._trial_owner is asyncio.current_task() and time.monotonic() < self._trial_until
 
     def trial_busy(self) -> bool:
         """True while a trial call is in flight elsewhere (another task here, or another process)."""
-        if self._grant is not None or self.holds_trial():
-            return False
-        return time.monotonic() < self._trial_busy_until
+        return not self.holds_trial() and time.monotonic() < self._trial_busy_until
 
     def snapshot(self) -> BreakerSnapshot:
         """State for /health/circuits."""
@@ -244,35 +221,25 @@ class Breaker:
         )
 
     # -- the trial -----------------------------------------------------------------------------
-    def take_trial(self, token: str, until: float | None = None) -> None:
-        """This task now runs the trial (`token` is its lock in Redis, "" for a local trial)."""
-        self._owns_trial, self._trial_owner, self._trial_token = True, _current_task(), token
-        self._trial_until = until if until is not None else time.monotonic() + self.lease_s
+    def take_trial(self, token: str) -> None:
+        """The current task now runs the trial (`token` is its lock in Redis, "" for a local trial)."""
+        self._owns_trial, self._trial_owner, self._trial_token = True, asyncio.current_task(), token
+        self._trial_until = time.monotonic() + self.lease_s
         self._trial_busy_until = max(self._trial_busy_until, self._trial_until)
-        self._grant = None
-
-    def claim_grant(self) -> bool:
-        """Take the trial reserved in Redis for this process, if there is one and it is still valid."""
-        grant, self._grant = self._grant, None
-        if grant is None or time.monotonic() >= grant[1] or self.state != HALF_OPEN:
-            return False
-        self.take_trial(grant[0], grant[1])
-        return True
-
-    def grant(self, token: str) -> None:
-        """Keep a trial reserved in Redis for the next check in this process."""
-        self._grant = (token, time.monotonic() + self.lease_s)
 
     def end_trial(self) -> str:
-        """End this process's trial when the current task runs it (or no task does); its Redis token."""
-        if not self._owns_trial or self._trial_owner not in (None, _current_task()):
+        """End this process's trial if the current task runs it; returns its Redis token ("" if none)."""
+        if not self._owns_trial or self._trial_owner is not asyncio.current_task():
             return ""
         token = self._trial_token
-        self._owns_trial, self._trial_owner, self._trial_token, self._trial_until = False, None, "", 0.0
-        self._trial_busy_until = 0.0
+        self._drop_trial()
         return token
 
-    # -- the rules, on this process's copy (Redis out of reach, or before its answer arrives) --------
+    def _drop_trial(self) -> None:
+        self._owns_trial, self._trial_owner, self._trial_token, self._trial_until = False, None, "", 0.0
+        self._trial_busy_until = 0.0
+
+    # -- the rules, on this process's copy (while Redis is out of reach) ----------------------------
     def local_acquire(self) -> str:
         """ok (closed), trial (the half-open lease was free) or refused."""
         state = self.state
@@ -293,22 +260,22 @@ class Breaker:
         self.last_error, self.last_error_at = error, datetime.now(UTC)
         if half_open or (self.stored_state == CLOSED and self.failure_count >= self.failure_threshold):
             self.stored_state, self.opened_at = OPEN, datetime.now(UTC)
-            self._reopen_at, self._trial_busy_until, self._grant = now + self.recovery_timeout_s, 0.0, None
+            self._reopen_at, self._trial_busy_until = now + self.recovery_timeout_s, 0.0
         self._notify()
 
     def local_success(self) -> None:
         """Close (a success anywhere is proof the upstream answers)."""
         if not self.is_clean():
             self.stored_state, self.failure_count, self.opened_at = CLOSED, 0, None
-            self._trial_busy_until, self._grant = 0.0, None
+            self._trial_busy_until = 0.0
         self._notify()
 
     def local_reset(self) -> None:
-        """Closed, nothing counted, no error remembered."""
-        self.end_trial()
+        """Closed, nothing counted, no error remembered, no trial."""
+        self._drop_trial()
         self.stored_state, self.failure_count, self.opened_at = CLOSED, 0, None
         self.last_error = self.last_error_at = None
-        self._trial_busy_until, self._grant, self._reopen_at = 0.0, None, 0.0
+        self._reopen_at = 0.0
         self._notify()
 
     def adopt(self, record: SharedRecord) -> None:
@@ -325,8 +292,6 @@ class Breaker:
             self._failed_at = now
         self.last_error = record.last_error or None
         self.last_error_at = _from_ms(record.last_error_at_ms)
-        if record.state != OPEN:
-            self._grant = None
         self._notify()
 
     # -- transitions ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ call). Every process (each Gunicorn worker and the arq worker) runs one `Circuit
 - attaches the process's `Resilience` to Redis (`share_state`), through a client of its own with short
   timeouts and no retries (the queue's client retries for ~5 s; a breaker must never wait that long);
 - listens to the transitions the script publishes and copies each into this process's view at once, for
-  the checks that cannot wait for Redis (`is_open`, `ensure_available`);
+  `is_open` (the sync hint that picks a mode; admission itself is decided in Redis);
 - every `interval_s` (and at once on a transition) re-reads the shared state, so a missed message is
   repaired within a second, and publishes this process's row `lectern:circuit:proc:<host>:<role>:<pid>`
   (JSON, TTL `ttl_s`) indexed in a sorted set scored by its expiry, so a dead process drops out within
@@ -40,7 +40,6 @@ from shared.platform.logging import get_logger
 from shared.platform.readiness import log_startup_report
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
-from shared.stores.db_resilience import attach_database_breaker
 
 if TYPE_CHECKING:
     from shared.platform.clients import Services
@@ -138,8 +137,6 @@ class CircuitSync:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2 * REDIS_CONNECT_TIMEOUT_S)
         self._tasks = []
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.resilience.drain(), 1.0)  # steps of sync code still on their way
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._forget(), 1.0)
         if self.resilience.redis is self.redis:
@@ -360,9 +357,7 @@ class ProcessObservers:
 
 
 def start_process_observers(services: Services) -> ProcessObservers:
-    """Per process: shared breaker state, the database breaker hooks and the startup check log."""
-
-    attach_database_breaker(services.engine, services.resilience, settings=services.settings)
+    """Per process: shared breaker state and the startup check log."""
     sync = CircuitSync(
         resilience=services.resilience,
         redis=breaker_redis(services.settings),

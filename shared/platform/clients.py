@@ -166,7 +166,8 @@ async def open_redis_connections(redis: ArqRedis, count: int) -> None:
 
 async def build_services(settings: Settings, *, role: str, resilience: Resilience | None = None) -> Services:
     """Build the process's clients. Nothing connects eagerly except the Redis pool."""
-    engine = create_engine(settings)
+    resilience = resilience or Resilience(settings)
+    engine = create_engine(settings, resilience)
     services = Services(
         settings=settings,
         role=role,
@@ -174,7 +175,7 @@ async def build_services(settings: Settings, *, role: str, resilience: Resilienc
         sessions=create_session_factory(engine),
         redis=await create_redis(settings),
         openai=create_openai_client(settings),
-        resilience=resilience or Resilience(settings),
+        resilience=resilience,
     )
     # Embedded mode: the worker opens the local Qdrant folder, every other role reaches it over Redis.
     services.vectorstore = create_vector_store(

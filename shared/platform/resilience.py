@@ -10,6 +10,11 @@ package, exponential with full jitter, honouring `Retry-After`) for each upstrea
 - transient errors (timeouts, connection errors, 5xx, 429): retried while tries and time remain, then
   counted as one breaker failure and raised as `UpstreamUnavailable`.
 
+Every step that takes or changes breaker state is async and awaited: `call`, `check` (admission without
+a call), `record_failure` / `record_success` (outcomes of work made outside `call`, e.g. a stream),
+`release_trial`, `reset`. Only `is_open` is sync: it reads this process's copy, a hint for choosing a
+mode (e.g. an extractive answer while the model is out).
+
 Shared state. Once `share_state(redis)` is called (`shared.platform.circuit_state` does it in every process), a
 breaker's state lives in Redis: a hash `<prefix>{<upstream>}:state` (state closed|open, failures,
 opened_at, failed_at, last_error, last_error_at, version, epoch; times in ms of the Redis clock) changed only by
@@ -19,12 +24,8 @@ counted across processes: `threshold` consecutive failures of the service open t
 for 60 s starts again); any success closes it. Half-open is derived (open, and the recovery time has
 passed); its one trial is `SET <prefix>{<upstream>}:trial <token> NX PX <lease>`, so exactly one caller
 in one process gets it; the trial is a single attempt, its success closes and its failure re-opens.
-
-The sync checks (`is_open`, `ensure_available`: the engine's connect hook cannot wait for Redis) read
-this process's copy of the shared state: it is refreshed by every script answer, by the transitions the
-script PUBLISHes (`shared.platform.circuit_state` listens) and by a re-read every second. In half-open a sync
-check cannot take the trial in Redis, so it refuses once and reserves the trial for this process in the
-background; the next check here is the trial.
+The task holding the trial passes nested admissions of the same upstream (a route's database `call`
+whose session opens a pool connection through the breaker again), as part of that trial.
 
 The state expires a few seconds after the last process stops reading it (and the last process to leave
 deletes it), so, as when breakers lived in each process's memory, a stack started again starts closed.
@@ -38,7 +39,6 @@ answers again, the shared state is taken as it is there.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import random
@@ -53,7 +53,6 @@ import backoff
 import shared.platform.metrics as metrics
 from shared.platform.breaker import (
     BREAKER_LUA,
-    CLOSED,
     FAILURE_WINDOW_S,
     HALF_OPEN,
     OPEN,
@@ -150,9 +149,6 @@ class Resilience:
         self._prefix = CIRCUIT_STATE_PREFIX
         self._retry_redis_at = 0.0
         self._redis_down = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tail: asyncio.Task[None] | None = None  # the last background write (they run in order)
-        self._background: set[asyncio.Task[None]] = set()
 
     def breaker(self, upstream: Upstream) -> Breaker:
         """The breaker of one upstream."""
@@ -170,8 +166,6 @@ class Resilience:
         Give it a client with short timeouts and no retries: a breaker step never waits long on Redis.
         """
         self.redis, self._prefix, self._retry_redis_at = redis, prefix, 0.0
-        with contextlib.suppress(RuntimeError):
-            self._loop = asyncio.get_running_loop()
         if redis is None:
             self._script, self.channel = None, ""
             return ""
@@ -180,12 +174,9 @@ class Resilience:
         self.channel = f"{prefix}events:{db}"  # pub/sub ignores the db number: name it
         return self.channel
 
-    def _shared_ready(self) -> bool:
-        return self._script is not None and time.monotonic() >= self._retry_redis_at
-
     async def _shared(self, upstream: Upstream, op: str, *, token: str = "", error: str = "") -> SharedRecord | None:
         """Run one step of the script; None when there is no shared state or Redis failed (then local)."""
-        if not self._shared_ready():
+        if self._script is None or time.monotonic() < self._retry_redis_at:
             return None
         breaker = self.breakers[upstream]
         keys = [f"{self._prefix}{{{upstream.value}}}:state", f"{self._prefix}{{{upstream.value}}}:trial"]
@@ -213,11 +204,6 @@ class Resilience:
             log.info("circuit.shared_state_resumed")
         return SharedRecord.parse(raw)
 
-    def _adopt(self, upstream: Upstream, record: SharedRecord) -> None:
-        breaker = self.breakers[upstream]
-        if breaker.pending == 0:  # else a write of ours is on its way; its answer is newer
-            breaker.adopt(record)
-
     def adopt_published(self, data: bytes | str) -> None:
         """Apply a transition PUBLISHed by the script (any process); unknown payloads are ignored."""
         try:
@@ -225,7 +211,7 @@ class Resilience:
             upstream, record = Upstream(name), SharedRecord.parse(rest)
         except (ValueError, TypeError, IndexError):
             return
-        self._adopt(upstream, record)
+        self.breakers[upstream].adopt(record)
 
     async def forget_shared(self) -> None:
         """Delete the shared state (the last process leaving: a later start begins closed)."""
@@ -241,116 +227,41 @@ class Resilience:
             record = await self._shared(upstream, "read")
             if record is None:
                 return None
-            self._adopt(upstream, record)
+            self.breakers[upstream].adopt(record)
             records[upstream] = record
         return records
 
-    def _in_background(
-        self,
-        upstream: Upstream,
-        op: str,
-        *,
-        token: str = "",
-        error: str = "",
-        then: Callable[[SharedRecord | None], None] | None = None,
-    ) -> bool:
-        """Send a step made by sync code to Redis, in order after the earlier ones; its answer is adopted
-        (and given to `then`) when it is back. False when there is no shared state to send it to."""
-        loop = self._loop
-        if self._script is None or loop is None or loop.is_closed():
-            return False  # this process's copy already holds the step
-        breaker = self.breakers[upstream]
-        breaker.pending += 1
-
-        def start() -> None:
-            previous = self._tail
-
-            async def send() -> None:
-                if previous is not None and not previous.done():
-                    await asyncio.wait([previous])
-                record = None
-                try:
-                    record = await self._shared(upstream, op, token=token, error=error)
-                finally:
-                    breaker.pending -= 1
-                    if record is not None:
-                        self._adopt(upstream, record)
-                    if then is not None:
-                        then(record)
-
-            self._tail = task = loop.create_task(send())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            start()
-        else:  # sync code outside the loop (a test fixture, another thread): queued before what runs next
-            loop.call_soon_threadsafe(start)
-        return True
-
-    async def drain(self) -> None:
-        """Wait for the steps sync code sent to Redis, so this call sees them."""
-        tail = self._tail
-        if tail is not None and not tail.done() and tail.get_loop() is asyncio.get_running_loop():
-            await asyncio.wait([tail])
-
-    # -- checks ----------------------------------------------------------------------------------
+    # -- admission -------------------------------------------------------------------------------
     def is_open(self, upstream: Upstream) -> bool:
-        """True while calls to `upstream` are refused without trying (open, or half-open mid-trial)."""
+        """True while calls to `upstream` are refused without trying (open, or half-open mid-trial).
+
+        A hint from this process's copy (kept fresh by the published transitions and the 1 s re-read),
+        for choosing a mode; `call` and `check` decide admission in the shared state.
+        """
         breaker = self.breakers[upstream]
         state = breaker.refresh()
         return state == OPEN or (state == HALF_OPEN and breaker.trial_busy())
 
-    def ensure_available(self, upstream: Upstream) -> None:
-        """Raise `UpstreamUnavailable` at once when the breaker refuses calls (sync: this process's copy).
+    async def check(self, upstream: Upstream) -> None:
+        """Raise `UpstreamUnavailable` at once when the breaker refuses calls to `upstream`.
 
-        In half-open the caller that gets the trial goes ahead and must then report `record_success` /
-        `record_failure` (`call` does so itself). With shared state a sync check cannot take the trial in
-        Redis: it refuses and reserves it for this process; the next check here gets it.
+        In half-open the caller that passes holds the trial: its next `call` to `upstream` (same task) is
+        that trial and reports the outcome; a trial never reported frees itself after its lease.
         """
-        breaker = self.breakers[upstream]
-        state = breaker.refresh()
-        if state == CLOSED or breaker.holds_trial():
-            return
-        if state == HALF_OPEN:
-            if breaker.claim_grant():
-                return
-            if not self._shared_ready():
-                if breaker.local_acquire() == "trial":
-                    breaker.take_trial("")
-                    return
-            elif not breaker.reserving and not breaker.trial_busy():
-                self._reserve_trial(upstream)
-        metrics.record_rejected(upstream.value)
-        raise self._refused(upstream)
-
-    def _reserve_trial(self, upstream: Upstream) -> None:
-        breaker, token = self.breakers[upstream], uuid.uuid4().hex
-
-        def granted(record: SharedRecord | None) -> None:
-            breaker.reserving = False
-            if record is not None and record.verdict == "trial":
-                breaker.grant(token)
-
-        breaker.reserving = self._in_background(upstream, "acquire", token=token, then=granted)
+        await self._admit(upstream)
 
     async def _admit(self, upstream: Upstream) -> bool:
         """Let a call go (True when it is the half-open trial) or raise `UpstreamUnavailable`."""
         breaker = self.breakers[upstream]
-        if breaker.holds_trial() or breaker.claim_grant():
+        if breaker.holds_trial():
             return True
-        await self.drain()
         token = uuid.uuid4().hex
         record = await self._shared(upstream, "acquire", token=token)
         if record is None:
             verdict, token = breaker.local_acquire(), ""
         else:
             verdict = record.verdict
-            self._adopt(upstream, record)
+            breaker.adopt(record)
         if verdict == "refused":
             metrics.record_rejected(upstream.value)
             raise self._refused(upstream)
@@ -360,49 +271,38 @@ class Resilience:
 
     # -- outcomes --------------------------------------------------------------------------------
     async def _report(self, upstream: Upstream, op: str, error: str = "") -> None:
-        """Record a call's outcome (failure / success) in the shared state, or locally without Redis."""
+        """Record an outcome (failure / success) in the shared state, or locally without Redis."""
         breaker = self.breakers[upstream]
         if op == "success" and breaker.is_clean() and not breaker.holds_trial():
             return  # nothing to write: the admission just read a clean state
-        await self.drain()
         record = await self._shared(upstream, op, error=error)
         breaker.end_trial()
         if record is not None:
-            self._adopt(upstream, record)
+            breaker.adopt(record)
         elif op == "failure":
             breaker.local_failure(error)
         else:
             breaker.local_success()
 
-    def record_success(self, upstream: Upstream) -> None:
+    async def record_success(self, upstream: Upstream) -> None:
         """Report a successful call made outside `call` (e.g. a finished stream)."""
-        breaker = self.breakers[upstream]
-        if not breaker.is_clean() or breaker.holds_trial():
-            breaker.end_trial()
-            breaker.local_success()
-            self._in_background(upstream, "success")
+        await self._report(upstream, "success")
         self.misconfigured.pop(upstream, None)
 
-    def record_failure(self, upstream: Upstream, exc: BaseException) -> UpstreamUnavailable:
+    async def record_failure(self, upstream: Upstream, exc: BaseException) -> UpstreamUnavailable:
         """Classify and count a failure made outside `call`; return the error to raise."""
         kind = classify_error(upstream, exc)
-        if kind is ErrorKind.CREDENTIALS:
-            self.release_trial(upstream)
-            return self._misconfigured(upstream)
         if kind is ErrorKind.TRANSIENT:
-            breaker, error = self.breakers[upstream], describe_error(exc)
-            breaker.end_trial()
-            breaker.local_failure(error)
-            self._in_background(upstream, "failure", error=error)
-        else:
-            self.release_trial(upstream)
-        return self._unavailable(upstream)
+            await self._report(upstream, "failure", describe_error(exc))
+            return self.unavailable(upstream)
+        await self.release_trial(upstream)
+        return self._misconfigured(upstream) if kind is ErrorKind.CREDENTIALS else self.unavailable(upstream)
 
-    def release_trial(self, upstream: Upstream) -> None:
+    async def release_trial(self, upstream: Upstream) -> None:
         """End this task's trial without a verdict (a caller error, a cancelled call): others may try."""
         token = self.breakers[upstream].end_trial()
         if token:
-            self._in_background(upstream, "release", token=token)
+            await self._shared(upstream, "release", token=token)
 
     def mark_misconfigured(self, upstream: Upstream) -> UpstreamMisconfigured:
         """Record that `upstream` rejected our credentials (without touching the breaker)."""
@@ -432,7 +332,8 @@ class Resilience:
             retry_after=max(1.0, self.breakers[upstream].open_remaining),
         )
 
-    def _unavailable(self, upstream: Upstream) -> UpstreamUnavailable:
+    def unavailable(self, upstream: Upstream) -> UpstreamUnavailable:
+        """The 503 for a failed call to `upstream` (Retry-After: the open time left, else 5 s)."""
         breaker = self.breakers[upstream]
         retry_after = breaker.open_remaining if breaker.refresh() == OPEN else 5.0
         return UpstreamUnavailable(
@@ -499,9 +400,9 @@ class Resilience:
         except _Transient as exc:
             metrics.observe_upstream(upstream.value, "failure", time.monotonic() - started)
             await self._report(upstream, "failure", describe_error(exc.original))
-            raise self._unavailable(upstream) from exc.original
+            raise self.unavailable(upstream) from exc.original
         except BaseException as exc:
-            self.release_trial(upstream)
+            await self.release_trial(upstream)
             if isinstance(exc, Exception) and classify_error(upstream, exc) is ErrorKind.CREDENTIALS:
                 metrics.observe_upstream(upstream.value, "rejected", time.monotonic() - started)
                 raise self._misconfigured(upstream) from exc
@@ -515,9 +416,11 @@ class Resilience:
         """Every breaker's state (this process's copy), keyed by upstream name."""
         return {u.value: b.snapshot() for u, b in self.breakers.items()}
 
-    def reset(self) -> None:
+    async def reset(self) -> None:
         """Close every breaker and forget errors, in Redis too (test hook)."""
         for upstream, breaker in self.breakers.items():
             breaker.local_reset()
-            self._in_background(upstream, "reset")
+            record = await self._shared(upstream, "reset")
+            if record is not None:
+                breaker.adopt(record)
         self.misconfigured.clear()

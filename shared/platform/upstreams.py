@@ -5,17 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
 
 from shared.platform.errors import LecternError, UpstreamMisconfigured
-from shared.platform.logging import get_logger
-
-if TYPE_CHECKING:
-    pass
-
-T = TypeVar("T")
-
-log = get_logger(__name__)
 
 
 class Upstream(StrEnum):
@@ -107,7 +98,8 @@ def classify_error(upstream: Upstream, exc: BaseException) -> ErrorKind:
         if any(marker in text for marker in _DB_CONFIG_MARKERS) or _DB_MISSING.search(text):
             return ErrorKind.CREDENTIALS
         name = type(exc).__name__
-        if name in {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"}:
+        # (psycopg's ConnectionTimeout: a connect that did not finish within connect_timeout)
+        if name in {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "ConnectionTimeout"}:
             return ErrorKind.TRANSIENT
         if getattr(exc, "connection_invalidated", False):
             return ErrorKind.TRANSIENT

@@ -1,82 +1,80 @@
-"""The `database` breaker, applied to every PostgreSQL connection and statement of the engine.
+"""The `database` breaker on the PostgreSQL engine (SQLite is a local file, not an upstream).
 
-Most database work goes through SQLAlchemy sessions rather than `Resilience.call`, so the breaker is
-wired into the engine's events instead (PostgreSQL only: SQLite is a local file, not an upstream):
+Most database work goes through SQLAlchemy sessions rather than `Resilience.call`, so the breaker sits
+where every one of them must pass, the pool's connect (`create_async_engine(async_creator=...)`):
 
-- `do_connect`: refuse at once with `UpstreamUnavailable` (503 + Retry-After) while the breaker is
-  open; also sets libpq TCP keepalives so a silently dead server is noticed.
-- `handle_error`: a connection-level failure (OperationalError, InterfaceError, disconnect) counts
-  against the breaker and is re-raised as `UpstreamUnavailable`; an authentication failure becomes
-  `UpstreamMisconfigured` naming `DATABASE_URL` without counting. Errors that are the query's fault
-  (IntegrityError, ...) pass through untouched. A failed pool pre-ping is not counted (the pool simply
-  reconnects: Neon closes idle connections).
-- `after_cursor_execute`: a statement that completed closes a half-open breaker.
+- `connector` opens each psycopg connection inside `resilience.call(Upstream.DATABASE, ...,
+  retry=False)`: an open breaker refuses at once with `UpstreamUnavailable` (503 + Retry-After) and no
+  connect attempt; a failed connect counts; a successful one (the half-open trial included) closes it; a
+  rejected login becomes `UpstreamMisconfigured` naming `DATABASE_URL`. A server that died under open
+  connections is counted at the next connect: `pool_pre_ping` finds the dead connection at checkout and
+  the pool reconnects through the breaker.
+- `translate_errors` (`handle_error`) only translates, never counts: a connection-level failure of a
+  statement becomes `UpstreamUnavailable` (503 instead of a 500), a rejected login
+  `UpstreamMisconfigured`. Errors that are the query's fault (IntegrityError, ...) pass through, and a
+  failed pre-ping is left to the pool (Neon closes idle connections; the pool simply reconnects).
+
+A route's own `resilience.call(Upstream.DATABASE, fn)` may open a pool connection inside `fn`: that nested
+call runs in the same asyncio task (SQLAlchemy awaits the creator from its greenlet on the caller's task),
+so while the outer call holds the half-open trial the connect goes ahead as part of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.platform.config import Settings
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import ErrorKind, Upstream, classify_error
 
-__all__ = ["attach_database_breaker"]
+__all__ = ["KEEPALIVES", "connector", "conninfo", "translate_errors"]
 
-_ATTACHED = "_lectern_breaker_attached"
-
-#: libpq client-side keepalives (safe behind connection poolers, unlike server `options`).
+#: libpq client-side keepalives, so a silently dead server is noticed (safe behind connection poolers,
+#: unlike server `options`).
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+#: A connect that hangs must fail (and count) well within a request's deadline.
+CONNECT_TIMEOUT_S = 5
 
 
-def attach_database_breaker(engine: AsyncEngine, resilience: Resilience, *, settings: Settings) -> bool:
-    """Install the breaker hooks on a PostgreSQL engine (once); False for SQLite."""
-    if settings.uses_sqlite or getattr(engine.sync_engine, _ATTACHED, False):
-        return False
-    sync_engine = engine.sync_engine
-    breaker = resilience.breaker(Upstream.DATABASE)
+def conninfo(settings: Settings) -> str:
+    """libpq connection string for the configured PostgreSQL URL, read the way SQLAlchemy's psycopg dialect
+    reads it (its query parameters win over our defaults)."""
+    url = make_url(settings.sqlalchemy_url)
+    params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES, **url.query}
+    params.update(url.translate_connect_args(username="user", database="dbname"))
+    return make_conninfo("", **params)
 
-    @event.listens_for(sync_engine, "do_connect")
-    def _before_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
-        resilience.ensure_available(Upstream.DATABASE)
-        for key, value in KEEPALIVES.items():
-            cparams.setdefault(key, value)
 
-    @event.listens_for(sync_engine, "handle_error")
-    def _on_error(context: Any) -> BaseException | None:
-        if context.is_pre_ping:
-            return None
+def connector(settings: Settings, resilience: Resilience | None) -> Callable[[], Awaitable[Any]]:
+    """The engine's `async_creator`: a psycopg `AsyncConnection`, behind the breaker when given one."""
+    info = conninfo(settings)
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        if resilience is None:
+            return await psycopg.AsyncConnection.connect(info)
+        return await resilience.call(Upstream.DATABASE, lambda: psycopg.AsyncConnection.connect(info), retry=False)
+
+    return connect
+
+
+def translate_errors(engine: AsyncEngine, resilience: Resilience) -> None:
+    """Raise a statement's connection-level failure as 503 and a rejected login as a misconfiguration."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _translate(context: ExceptionContext) -> BaseException | None:
         original = context.original_exception
-        if original is None:
+        if context.is_pre_ping:
             return None
         kind = classify_error(Upstream.DATABASE, original)
         if kind is ErrorKind.CREDENTIALS:
-            resilience.release_trial(Upstream.DATABASE)
             return resilience.mark_misconfigured(Upstream.DATABASE)
-        if kind is ErrorKind.TRANSIENT:
-            return resilience.record_failure(Upstream.DATABASE, original)
-        if getattr(context, "is_disconnect", False):
-            return resilience.record_failure(Upstream.DATABASE, _AsTransient(original))
+        if kind is ErrorKind.TRANSIENT or context.is_disconnect:
+            return resilience.unavailable(Upstream.DATABASE)
         return None
-
-    @event.listens_for(sync_engine, "after_cursor_execute")
-    def _on_success(*_args: Any) -> None:
-        if not breaker.is_clean() or Upstream.DATABASE in resilience.misconfigured:
-            resilience.record_success(Upstream.DATABASE)
-
-    setattr(sync_engine, _ATTACHED, True)
-    return True
-
-
-class _AsTransient(ConnectionError):
-    """A database error that the engine judged a disconnect; counted as transient by the breaker."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original).splitlines()[0][:200] if str(original) else type(original).__name__)
-        self.original = original
-
-    def __str__(self) -> str:
-        return f"{type(self.original).__name__}"

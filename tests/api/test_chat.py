@@ -141,7 +141,7 @@ async def test_open_llm_breaker_falls_back_to_extractive(
     """With the openai breaker open the answer quotes the passages, cited, and says the model is down."""
     services: Services = app_client[0].state.services
     for _ in range(services.settings.circuit_failure_threshold):
-        services.resilience.record_failure(Upstream.OPENAI, ConnectionError("upstream down"))
+        await services.resilience.record_failure(Upstream.OPENAI, ConnectionError("upstream down"))
     assert services.resilience.is_open(Upstream.OPENAI)
     response = await client.post("/chat", json={"query": "What is NVIDIA Isaac Sim?"})
     body = response.json()

@@ -36,7 +36,7 @@ async def client(server: tuple[FastAPI, str], fake_openai: FakeOpenAI) -> AsyncI
     """A real HTTP client; the fake and the breakers are reset."""
     fake_openai.reset()
     services: Services = server[0].state.services
-    services.resilience.reset()
+    await services.resilience.reset()
     async with httpx.AsyncClient(base_url=server[1], timeout=30) as http:
         yield http
     fake_openai.reset()
@@ -152,7 +152,7 @@ async def test_upstream_down_before_first_token_falls_back(
     from shared.platform.upstreams import Upstream
 
     for _ in range(services.settings.circuit_failure_threshold):
-        services.resilience.record_failure(Upstream.OPENAI, ConnectionError("down"))
+        await services.resilience.record_failure(Upstream.OPENAI, ConnectionError("down"))
     _, events = await _events(client, {"query": QUESTION})
     named = [e for e in events if e.comment is None]
     assert named[0].json()["mode"] == "extractive"

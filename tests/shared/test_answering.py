@@ -127,15 +127,15 @@ def test_offline_plan_is_extractive_and_cited(services: Services) -> None:
     assert len(plan.citations) == 1
 
 
-def test_open_breaker_plans_extractive(services: Services) -> None:
+async def test_open_breaker_plans_extractive(services: Services) -> None:
     """An open openai breaker turns the plan extractive before any call."""
     for _ in range(services.settings.circuit_failure_threshold):
-        services.resilience.record_failure(Upstream.OPENAI, ConnectionError("down"))
+        await services.resilience.record_failure(Upstream.OPENAI, ConnectionError("down"))
     try:
         plan = plan_answer(services=services, query="What are actions?", passages=[passage()])
         assert plan.mode == "extractive"
     finally:
-        services.resilience.reset()
+        await services.resilience.reset()
 
 
 def test_selected_text_alone_is_answered_not_refused(services: Services) -> None:

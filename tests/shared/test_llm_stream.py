@@ -55,7 +55,7 @@ async def collect(services: Services, **kwargs: Any) -> list[str]:
 async def test_deltas_arrive_in_order_and_count_as_success(services: Services, fake_openai: FakeOpenAI) -> None:
     """The deltas are the reply's tokens in order (no empty ones), and a finished stream resets the breaker."""
     fake_openai.configure(reply="Robots have joints [1].", tokens=4)
-    services.resilience.record_failure(Upstream.OPENAI, TimeoutError())
+    await services.resilience.record_failure(Upstream.OPENAI, TimeoutError())
     assert await collect(services) == ["Robots ", "have ", "joints ", "[1]."]
     assert services.resilience.breakers[Upstream.OPENAI].failure_count == 0
     assert fake_openai.state.completed_streams == 1

@@ -64,8 +64,6 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
         return res
 
     yield make_shared
-    for res in built:
-        await res.drain()  # the background writes of sync calls, before the client closes
     await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
 
 
@@ -224,45 +222,67 @@ async def test_caller_errors_pass_through_uncounted(make: Make) -> None:
 async def test_record_failure_for_streams(make: Make) -> None:
     """record_failure/record_success (used around streams) drive the same breaker."""
     res = make(threshold=2)
-    err = res.record_failure(Upstream.OPENAI, TimeoutError())
+    err = await res.record_failure(Upstream.OPENAI, TimeoutError())
     assert isinstance(err, UpstreamUnavailable)
-    res.record_failure(Upstream.OPENAI, TimeoutError())
+    await res.record_failure(Upstream.OPENAI, TimeoutError())
     assert res.is_open(Upstream.OPENAI)
-    res.record_success(Upstream.OPENAI)
+    await res.record_success(Upstream.OPENAI)
     assert not res.is_open(Upstream.OPENAI)
 
 
-def test_transitions_reach_listeners_and_reset_closes() -> None:
+async def test_transitions_reach_listeners_and_reset_closes() -> None:
     """Listeners see closed->open; reset() closes every breaker and forgets errors."""
     res = make_local(threshold=1)
     seen: list[tuple[str, str, str]] = []
     res.add_transition_listener(lambda u, a, b: seen.append((u.value, a, b)))
-    res.record_failure(Upstream.DATABASE, ConnectionError("down"))
+    await res.record_failure(Upstream.DATABASE, ConnectionError("down"))
     assert seen == [("database", "closed", "open")]
-    res.reset()
+    await res.reset()
     assert seen[-1] == ("database", "open", "closed")
     assert res.snapshot()["database"].last_error is None
 
 
-async def test_trial_lease_is_reentrant_for_its_task() -> None:
-    """In half-open the task holding the trial passes nested checks (call -> engine connect); others wait.
-    (Local: with shared state a sync check reserves the trial first, see test_resilience_shared.)"""
-    res = make_local(threshold=1, recovery=0.2)
-    res.record_failure(Upstream.DATABASE, ConnectionError("down"))
+async def test_trial_lease_is_reentrant_for_its_task(make: Make) -> None:
+    """In half-open the task holding the trial passes nested admissions (call -> engine connect); others wait."""
+    res = make(threshold=1, recovery=0.2)
+    await res.record_failure(Upstream.DATABASE, ConnectionError("down"))
     await asyncio.sleep(0.25)
 
     async def nested() -> str:
-        res.ensure_available(Upstream.DATABASE)  # what the engine's do_connect hook does
-        return "ok"
+        return await res.call(Upstream.DATABASE, lambda: asyncio.sleep(0, "ok"), retry=False)  # the pool's connect
 
     async def other_task() -> bool:
         try:
-            res.ensure_available(Upstream.DATABASE)
+            await res.check(Upstream.DATABASE)
         except UpstreamUnavailable:
             return False
         return True
 
-    res.ensure_available(Upstream.DATABASE)  # this task takes the lease
+    await res.check(Upstream.DATABASE)  # this task takes the lease
     assert not await asyncio.create_task(other_task())
     assert await res.call(Upstream.DATABASE, nested) == "ok"
     assert res.breaker(Upstream.DATABASE).state == "closed"
+
+
+def test_database_conninfo_from_the_url() -> None:
+    """The engine's connect string: the URL's parts (a password with reserved characters intact) and
+    parameters, with a 5 s connect timeout and TCP keepalives unless the URL sets its own."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from shared.stores.db_resilience import conninfo
+
+    url = "postgres://u:p%40s%20s%2Fw@db.example:6543/lectern?ssl=require&connect_timeout=9"
+    params = conninfo_to_dict(conninfo(Settings(_env_file=None, database_url=url)))
+    assert params == {
+        "host": "db.example",
+        "port": "6543",
+        "user": "u",
+        "password": "p@s s/w",
+        "dbname": "lectern",
+        "sslmode": "require",
+        "connect_timeout": "9",
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }

@@ -28,8 +28,7 @@ from shared.platform.config import Settings
 from shared.platform.errors import UpstreamMisconfigured, UpstreamUnavailable
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import Upstream
-from shared.stores.db.engine import create_engine
-from shared.stores.db_resilience import attach_database_breaker
+from shared.stores.db.engine import create_engine, create_session_factory
 from tests.fakes.openai_server import FakeOpenAI
 from tests.utils.tcp_proxy import TcpProxy
 from worker.watchdog import RUNNING, Watchdog
@@ -59,7 +58,7 @@ async def test_breaker_state_is_shared_and_merged(redis: Redis) -> None:
     try:
         await asyncio.sleep(0.3)
         for _ in range(2):
-            a.record_failure(Upstream.OPENAI, TimeoutError())
+            await a.record_failure(Upstream.OPENAI, TimeoutError())
         assert a.is_open(Upstream.OPENAI)
         deadline = time.monotonic() + 0.5
         while not b.is_open(Upstream.OPENAI) and time.monotonic() < deadline:
@@ -101,21 +100,21 @@ async def test_failures_are_counted_across_processes(redis: Redis) -> None:
     sync_a = CircuitSync(resilience=a, redis=redis, role="api", pid=3001, interval_s=0.2, prefix=prefix).start()
     sync_b = CircuitSync(resilience=b, redis=redis, role="api", pid=3002, interval_s=0.2, prefix=prefix).start()
     try:
-        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await a.record_failure(Upstream.QDRANT, TimeoutError())
         await asyncio.sleep(0.1)
-        b.record_failure(Upstream.QDRANT, TimeoutError())
+        await b.record_failure(Upstream.QDRANT, TimeoutError())
         deadline = time.monotonic() + 2
         while not (a.is_open(Upstream.QDRANT) and b.is_open(Upstream.QDRANT)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert b.is_open(Upstream.QDRANT)
         assert a.is_open(Upstream.QDRANT)
-        a.reset()
+        await a.reset()
         await asyncio.sleep(0.1)
         assert not b.is_open(Upstream.QDRANT)  # the reset was shared too
-        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await a.record_failure(Upstream.QDRANT, TimeoutError())
         await asyncio.sleep(0.1)
         assert await b.call(Upstream.QDRANT, lambda: asyncio.sleep(0, "ok")) == "ok"  # resets the shared count
-        a.record_failure(Upstream.QDRANT, TimeoutError())
+        await a.record_failure(Upstream.QDRANT, TimeoutError())
         await asyncio.sleep(0.1)
         shared = await a.refresh_shared()
         assert shared is not None
@@ -173,8 +172,7 @@ async def test_database_breaker_over_a_cut_proxy(pg_url: str) -> None:
         url = pg_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}")
         settings = settings_for(database_url=url, circuit_recovery_timeout=1.0)
         res = Resilience(settings)
-        engine = create_engine(settings)
-        assert attach_database_breaker(engine, res, settings=settings)
+        engine = create_engine(settings, res)
         try:
             async with engine.connect() as conn:
                 assert (await conn.execute(text("SELECT 1"))).scalar() == 1
@@ -200,14 +198,53 @@ async def test_database_breaker_over_a_cut_proxy(pg_url: str) -> None:
             await engine.dispose()
 
 
+async def test_database_trial_of_a_route_call_is_reentrant_through_the_engine(pg_url: str, redis: Redis) -> None:
+    """Half-open, state in Redis: a route's `call(DATABASE, fn)` takes the trial and `fn`'s session opens
+    its pool connection through the breaker again (SQLAlchemy awaits the connect from its greenlet, in the
+    same task): that connect goes ahead as part of the trial and closes the breaker, while a call in
+    another task meanwhile is refused without connecting."""
+    target = urlsplit(pg_url)
+    with TcpProxy(target.port or 5432) as proxy:
+        url = pg_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}")
+        settings = settings_for(database_url=url, circuit_recovery_timeout=1.0)
+        res = Resilience(settings)
+        res.share_state(redis, prefix=f"lectern:test:{uuid.uuid4().hex[:8]}:")
+        engine = create_engine(settings, res)
+        sessions = create_session_factory(engine)
+
+        async def route(delay: float) -> int:
+            await asyncio.sleep(delay)  # the trial is in flight before its session connects
+            async with sessions() as session:
+                return int(await session.scalar(text("SELECT 1")))
+
+        try:
+            proxy.cut()
+            for _ in range(2):
+                with pytest.raises(UpstreamUnavailable):
+                    await res.call(Upstream.DATABASE, lambda: route(0), retry=False)
+            assert res.is_open(Upstream.DATABASE)
+            proxy.restore()
+            await asyncio.sleep(1.1)
+            accepted = proxy.connections_accepted
+            trial = asyncio.create_task(res.call(Upstream.DATABASE, lambda: route(0.3)))
+            await asyncio.sleep(0.1)
+            with pytest.raises(UpstreamUnavailable):
+                await res.call(Upstream.DATABASE, lambda: route(0))
+            assert await trial == 1
+            assert proxy.connections_accepted == accepted + 1
+            assert res.breaker(Upstream.DATABASE).state == "closed"
+            assert (await res.refresh_shared() or {})[Upstream.DATABASE].state == "closed"
+        finally:
+            await engine.dispose()
+
+
 async def test_database_auth_failure_is_misconfiguration(pg_url: str) -> None:
     """A rejected PostgreSQL password names DATABASE_URL and does not count against the breaker."""
     target = urlsplit(pg_url)
     bad = f"postgresql://lectern_nobody:wrong-secret-pw@127.0.0.1:{target.port or 5432}{target.path}"
     settings = settings_for(database_url=bad)
     res = Resilience(settings)
-    engine = create_engine(settings)
-    attach_database_breaker(engine, res, settings=settings)
+    engine = create_engine(settings, res)
     try:
         for _ in range(3):
             with pytest.raises(UpstreamMisconfigured) as info:
@@ -300,7 +337,7 @@ async def test_metrics_record_breakers_retries_and_jobs() -> None:
     from arq.worker import func
 
     res = Resilience(settings_for(circuit_failure_threshold=1))
-    res.record_failure(Upstream.QDRANT, TimeoutError())
+    await res.record_failure(Upstream.QDRANT, TimeoutError())
 
     async def ok(ctx: dict[str, Any]) -> str:
         return "ok"

@@ -201,11 +201,11 @@ async def test_half_open_lets_exactly_one_trial_through_across_processes(
         assert (await other.ask(op="state"))["state"] == "closed"
 
 
-async def test_sync_checks_learn_an_opening_from_the_published_transition(
+async def test_is_open_learns_an_opening_from_the_published_transition(
     fake_openai: FakeOpenAI, openai_client: AsyncOpenAI, redis: Redis, prefix: str
 ) -> None:
-    """The checks that cannot wait for Redis (`is_open`, `ensure_available`, e.g. the database engine's
-    connect hook) see another process's opening within milliseconds, not a heartbeat later."""
+    """`is_open` (the sync hint that picks a mode, read from this process's copy) sees another process's
+    opening within milliseconds, not a heartbeat later; so does its closing."""
     a = shared(redis, prefix, 30)
     b = Resilience(settings_for(30))
     sync_b = CircuitSync(resilience=b, redis=redis, role="api", pid=4002, prefix=prefix, interval_s=30).start()
@@ -218,8 +218,8 @@ async def test_sync_checks_learn_an_opening_from_the_published_transition(
             await asyncio.sleep(0.001)
         assert b.is_open(Upstream.OPENAI)
         with pytest.raises(UpstreamUnavailable):
-            b.ensure_available(Upstream.OPENAI)
-        a.record_success(Upstream.OPENAI)  # any process closing closes it here too
+            await b.check(Upstream.OPENAI)
+        await a.record_success(Upstream.OPENAI)  # any process closing closes it here too
         deadline = time.perf_counter() + 0.5
         while b.is_open(Upstream.OPENAI) and time.perf_counter() < deadline:
             await asyncio.sleep(0.001)
@@ -228,25 +228,20 @@ async def test_sync_checks_learn_an_opening_from_the_published_transition(
         await sync_b.aclose()
 
 
-async def test_sync_check_in_half_open_reserves_the_single_trial(redis: Redis, prefix: str) -> None:
-    """A sync check in half-open cannot take the trial in Redis: it refuses once and reserves it for its
-    process; the next check there is the trial, while every other process is refused until it ends."""
+async def test_a_check_in_half_open_takes_the_single_trial(redis: Redis, prefix: str) -> None:
+    """A check in half-open takes the trial in Redis for its task (re-entrant there: call -> engine
+    connect), while every other process is refused until the trial ends."""
     a, b = shared(redis, prefix, 0.3), shared(redis, prefix, 0.3)
     for _ in range(THRESHOLD):
-        a.record_failure(Upstream.DATABASE, ConnectionError("down"))
+        await a.record_failure(Upstream.DATABASE, ConnectionError("down"))
     await asyncio.sleep(0.4)
     await b.refresh_shared()  # B's copy: open, recovery time passed (its listener would have told it)
     assert b.breaker(Upstream.DATABASE).state == "half_open"
-    with pytest.raises(UpstreamUnavailable) as first:
-        b.ensure_available(Upstream.DATABASE)
-    assert first.value.headers["Retry-After"] == "1"
-    await asyncio.sleep(0.05)  # the reservation reached Redis
-    b.ensure_available(Upstream.DATABASE)  # this task now runs the trial
-    b.ensure_available(Upstream.DATABASE)  # re-entrant (call -> engine connect)
+    await b.check(Upstream.DATABASE)  # this task now runs the trial
+    await b.check(Upstream.DATABASE)  # re-entrant (call -> engine connect)
     with pytest.raises(UpstreamUnavailable):
         await a.call(Upstream.DATABASE, lambda: asyncio.sleep(0))
-    b.record_success(Upstream.DATABASE)
-    await asyncio.sleep(0.05)
+    await b.record_success(Upstream.DATABASE)
     assert await a.call(Upstream.DATABASE, lambda: asyncio.sleep(0, "ok")) == "ok"
     assert a.breaker(Upstream.DATABASE).state == "closed"
 
@@ -350,7 +345,7 @@ async def test_health_circuits_top_level_is_the_shared_state(redis: Redis, prefi
     try:
         await asyncio.sleep(0.2)
         for _ in range(THRESHOLD):
-            a.record_failure(Upstream.OPENAI, TimeoutError())
+            await a.record_failure(Upstream.OPENAI, TimeoutError())
         await asyncio.sleep(0.05)
         view = await merged_circuits(resilience=b, redis=redis, sync=sync_b)
         entry = view["openai"]

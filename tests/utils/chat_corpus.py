@@ -84,7 +84,7 @@ async def chat_app(
         finally:
             services.vectorstore = own
             with contextlib.suppress(Exception):
-                services.resilience.reset()
+                await services.resilience.reset()
 
 
 @asynccontextmanager
@@ -184,9 +184,9 @@ async def app_client(fake_openai: Any, corpus_store: VectorStore) -> AsyncIterat
 
 
 @pytest.fixture
-def client(app_client: tuple[FastAPI, httpx.AsyncClient], fake_openai: Any) -> httpx.AsyncClient:
+async def client(app_client: tuple[FastAPI, httpx.AsyncClient], fake_openai: Any) -> httpx.AsyncClient:
     """A client of `app_client` with the fake reset and the breakers closed."""
     fake_openai.reset()
     services: Services = app_client[0].state.services
-    services.resilience.reset()
+    await services.resilience.reset()
     return app_client[1]

@@ -77,9 +77,9 @@ async def test_open_breaker_defers_job_then_succeeds(online: IngestEnv, fake_ope
     fake_openai.configure(fault=None)
     await asyncio.sleep(3.5)  # let the stalled call of the previous test drain
     resilience = online.worker_services.resilience
-    resilience.reset()
+    await resilience.reset()
     for _ in range(2):
-        resilience.record_failure(Upstream.OPENAI, ConnectionError("simulated outage"))
+        await resilience.record_failure(Upstream.OPENAI, ConnectionError("simulated outage"))
     assert resilience.is_open(Upstream.OPENAI)
     job_id = await online.submit([{"source": "breaker.md", "content": "# Breaker\n\nTorque sensors in joints."}])
     job = await online.wait_job(job_id, timeout=60)

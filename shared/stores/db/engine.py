@@ -11,28 +11,35 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.platform.config import Settings
+from shared.platform.resilience import Resilience
+from shared.stores.db_resilience import connector, translate_errors
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    """Build the async engine: psycopg for PostgreSQL (pre-ping, recycle for Neon), aiosqlite for SQLite."""
+def create_engine(settings: Settings, resilience: Resilience | None = None) -> AsyncEngine:
+    """Build the async engine: psycopg for PostgreSQL (pre-ping, recycle for Neon), aiosqlite for SQLite.
+
+    With `resilience`, every PostgreSQL connect goes through the `database` breaker and connection-level
+    errors become 503s (`shared.stores.db_resilience`).
+    """
     url = settings.sqlalchemy_url
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
-    else:
-        # Neon closes idle connections after a few minutes; recycle before that and keep connects short.
-        kwargs.update(
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
-            pool_recycle=240,
-            pool_timeout=10,
-            connect_args={"connect_timeout": 5},
-        )
-    engine = create_async_engine(url, **kwargs)
-    if url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": 30})
         _configure_sqlite(engine)
+        return engine
+    # Neon closes idle connections after a few minutes: recycle before that, and pre-ping at checkout.
+    engine = create_async_engine(
+        url,
+        async_creator=connector(settings, resilience),
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_recycle=240,
+        pool_timeout=10,
+    )
+    if resilience is not None:
+        translate_errors(engine, resilience)
     return engine
 
 
