@@ -22,10 +22,8 @@ so while the outer call holds the half-open trial the connect goes ahead as part
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.conninfo import make_conninfo
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,6 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.platform.config import Settings
 from shared.platform.resilience import Resilience
 from shared.platform.upstreams import ErrorKind, Upstream, classify_error
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["KEEPALIVES", "connector", "conninfo", "translate_errors"]
 
@@ -46,6 +47,9 @@ CONNECT_TIMEOUT_S = 5
 def conninfo(settings: Settings) -> str:
     """libpq connection string for the configured PostgreSQL URL, read the way SQLAlchemy's psycopg dialect
     reads it (its query parameters win over our defaults)."""
+    # psycopg is imported only for PostgreSQL: SQLite deployments never load it (~10 MB in each process).
+    from psycopg.conninfo import make_conninfo
+
     url = make_url(settings.sqlalchemy_url)
     params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES, **url.query}
     params.update(url.translate_connect_args(username="user", database="dbname"))
@@ -54,6 +58,8 @@ def conninfo(settings: Settings) -> str:
 
 def connector(settings: Settings, resilience: Resilience | None) -> Callable[[], Awaitable[Any]]:
     """The engine's `async_creator`: a psycopg `AsyncConnection`, behind the breaker when given one."""
+    import psycopg  # PostgreSQL only, as in `conninfo`
+
     info = conninfo(settings)
 
     async def connect() -> psycopg.AsyncConnection[Any]:

@@ -1,4 +1,5 @@
-"""API processes in embedded mode never import qdrant_client (~56 MB and ~0.8 s per process)."""
+"""API processes in embedded mode never import qdrant_client (~56 MB and ~0.8 s per process), nor, on
+SQLite, the PostgreSQL driver psycopg (~10 MB)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ API_PROCESS = textwrap.dedent(
         async with app.router.lifespan_context(app):
             store = app.state.services.vectorstore
             loaded = "qdrant_client" in sys.modules
+            postgres_driver = "psycopg" in sys.modules
         from shared.stores.vectorstore import QdrantVectorStore  # still importable by name, loaded on access
 
         print(json.dumps({
             "remote": isinstance(store, RemoteVectorStore),
             "loaded_while_serving": loaded,
+            "postgres_driver_loaded": postgres_driver,
             "loaded_on_access": "qdrant_client" in sys.modules and QdrantVectorStore.__name__ == "QdrantVectorStore",
         }))
 
@@ -41,7 +44,8 @@ API_PROCESS = textwrap.dedent(
 
 
 def test_api_process_in_embedded_mode_does_not_load_qdrant_client() -> None:
-    """A fresh API process (app lifespan run, embedded mode) holds a RemoteVectorStore and no qdrant_client."""
+    """A fresh API process (app lifespan run, embedded mode on SQLite) holds a RemoteVectorStore and has
+    loaded neither qdrant_client nor psycopg."""
     data_dir = tempfile.mkdtemp(prefix="lectern-imports-")
     done = subprocess.run(
         [sys.executable, "-c", API_PROCESS, data_dir, f"{REDIS_TEST_URL}/14"],
@@ -53,4 +57,9 @@ def test_api_process_in_embedded_mode_does_not_load_qdrant_client() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"remote": True, "loaded_while_serving": False, "loaded_on_access": True}
+    assert result == {
+        "remote": True,
+        "loaded_while_serving": False,
+        "postgres_driver_loaded": False,
+        "loaded_on_access": True,
+    }
