@@ -27,19 +27,22 @@ class AttemptLimiter:
         self.message = message
 
     async def hit(self, *, ip: str, email: str | None = None) -> None:
-        """Count one attempt (for the IP and the email alike); raise RateLimited when either is over."""
-        identities = {"ip": f"ip:{ip}"}
+        """Count one attempt for the IP, then (if the IP is within its rate) for the email; raise
+        RateLimited when either is over.
+
+        An attempt the IP's limit refuses is not counted for the email: it never reaches the password
+        check, so it must not use up the email's budget. That keeps one client from locking an account
+        by trying past its own limit, and keeps N+1 concurrent attempts from one IP at exactly one 429
+        (counted for both keys, two different attempts could each be the one over a limit).
+        """
+        identities = [("ip", f"ip:{ip}")]
         if email is not None:
-            identities["email"] = f"email:{hashlib.sha256(email.encode('utf-8')).hexdigest()[:32]}"
-        refused: dict[str, Decision] = {}
-        for by, identity in identities.items():
-            decision = await self.limiter.hit(self.limit, identity)
+            identities.append(("email", f"email:{hashlib.sha256(email.encode('utf-8')).hexdigest()[:32]}"))
+        for by, identity in identities:
+            decision: Decision = await self.limiter.hit(self.limit, identity)
             if not decision.allowed:
-                refused[by] = decision
-        if refused:
-            log.info("auth.rate_limited", action=self.limit.name, by=next(iter(refused)))
-            retry_after = max(decision.reset_after_s for decision in refused.values())
-            raise RateLimited(self.message, retry_after=retry_after, code="TOO_MANY_REQUESTS")
+                log.info("auth.rate_limited", action=self.limit.name, by=by)
+                raise RateLimited(self.message, retry_after=decision.reset_after_s, code="TOO_MANY_REQUESTS")
 
 
 def sign_in_limiter(limiter: RateLimiter, rate: str) -> AttemptLimiter:

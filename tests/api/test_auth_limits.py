@@ -79,6 +79,33 @@ async def test_sign_in_limited_per_email(limited: Any) -> None:
     assert "retry-after" in r.headers
 
 
+async def test_attempts_the_ip_limit_refuses_do_not_use_up_the_email(limited: Any) -> None:
+    """An attempt refused by its IP's limit never reaches the password check and is not counted for the
+    email: one client trying past its own limit cannot lock the account for everyone else."""
+    net, email = _net(), f"victim-{uuid.uuid4().hex[:6]}@example.com"
+    for i in range(3):  # the attacker's IP uses up its own budget on other addresses
+        r = await limited.post(
+            "/api/auth/sign-in/email",
+            json={"email": f"other{i}@example.com", "password": "wrong-password"},
+            headers=_from(f"{net}.66"),
+        )
+        assert r.status_code == 401
+    for _ in range(3):  # then tries the victim's address: refused by the IP limit each time
+        r = await limited.post(
+            "/api/auth/sign-in/email", json={"email": email, "password": "wrong-password"}, headers=_from(f"{net}.66")
+        )
+        assert r.status_code == 429
+    statuses = []
+    for i in range(3):  # the email's own budget of 3 is still whole for attempts from other addresses
+        r = await limited.post(
+            "/api/auth/sign-in/email",
+            json={"email": email, "password": "wrong-password"},
+            headers=_from(f"{net}.{100 + i}"),
+        )
+        statuses.append(r.status_code)
+    assert statuses == [401, 401, 401]
+
+
 async def test_sign_up_limited_per_ip_before_any_work() -> None:
     """The 3rd sign-up in the window from one IP is 429 with Retry-After (and creates no account); the
     attempts of another IP are counted apart; the limit is documented in the OpenAPI document."""

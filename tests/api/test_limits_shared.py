@@ -79,7 +79,8 @@ async def test_sign_in_attempts_across_two_apps() -> None:
     assert count == N + 1
     assert 0 < ttl <= 60
     email_ref = hashlib.sha256(email.encode()).hexdigest()[:32]
-    assert (await limits_counter(settings, "sign-in", f"email:{email_ref}"))[0] == N + 1
+    # The attempt the IP's limit refused was not counted for the email (it never reached the password).
+    assert (await limits_counter(settings, "sign-in", f"email:{email_ref}"))[0] == N
     client = redis_async.Redis.from_url(settings.effective_redis_url)
     try:
         keys = [key.decode() async for key in client.scan_iter(match=f"{RATE_LIMIT_PREFIX}:*")]
